@@ -1,0 +1,74 @@
+"""The only place soakd reads time; a fake clock for tests lives beside it.
+
+``loop.time()`` has 1 ms resolution (shared/field-notes.md), so schedules and
+latencies use ``time.monotonic_ns()``; timers may fire a tick early, so
+``sleep_until`` re-checks the deadline after each wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+
+
+class SystemClock:
+    """Real time: monotonic nanoseconds for durations, wall seconds for records."""
+
+    def monotonic_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def wall(self) -> float:
+        return time.time()
+
+    async def sleep_until(self, deadline_ns: int) -> None:
+        while True:
+            remaining = deadline_ns - time.monotonic_ns()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(remaining / 1e9)
+
+
+class FakeClock:
+    """Time that only moves when a test says so.
+
+    ``sleep_until`` parks the caller until ``advance`` moves time past its
+    deadline, so scheduler tests can simulate days in milliseconds.
+    """
+
+    def __init__(self, start_ns: int = 0, wall_start: float = 1_700_000_000.0) -> None:
+        self._now_ns = start_ns
+        self._wall0 = wall_start
+        self._start_ns = start_ns
+        self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def monotonic_ns(self) -> int:
+        return self._now_ns
+
+    def wall(self) -> float:
+        return self._wall0 + (self._now_ns - self._start_ns) / 1e9
+
+    async def sleep_until(self, deadline_ns: int) -> None:
+        if deadline_ns <= self._now_ns:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (deadline_ns, self._seq, fut))
+        await fut
+
+    @property
+    def sleepers(self) -> int:
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    def advance(self, delta_ns: int) -> None:
+        """Move time forward and wake every sleeper whose deadline has passed."""
+        self.set(self._now_ns + delta_ns)
+
+    def set(self, now_ns: int) -> None:
+        self._now_ns = max(self._now_ns, now_ns)
+        while self._sleepers and self._sleepers[0][0] <= self._now_ns:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)

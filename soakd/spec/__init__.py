@@ -1,0 +1,1 @@
+"""The soak spec: YAML in, a frozen, validated :class:`Spec` out."""

@@ -1,0 +1,455 @@
+"""The durable run store: one SQLite file (WAL) in the state dir.
+
+Everything the rules and the report need goes here in batches, one
+transaction per flush, so a crash of soakd loses at most one flush interval
+and a restarted soakd resumes the same run. What soakd keeps in memory stays
+bounded; older data is read back from here.
+
+All methods are blocking: the daemon calls them through ``asyncio.to_thread``.
+One connection is shared under a lock (SQLite serialises writers anyway);
+the alert outbox opens its own connection to the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from soakd.errors import StartupError, UsageError
+from soakd.model import (
+    Alert,
+    AlertState,
+    AlertTransition,
+    ConsolidationRun,
+    Event,
+    IntervalRecord,
+    Op,
+    RunInfo,
+    Sample,
+)
+
+DB_NAME = "run.sqlite"
+SCHEMA_VERSION = 1
+
+_SAMPLE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Sample))
+# SQLite hands integers back as floats when the column is REAL; restore them.
+_INT_SAMPLE_FIELDS = frozenset(f.name for f in fields(Sample) if str(f.type).startswith("int"))
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS run (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    run_id TEXT NOT NULL, spec_fingerprint TEXT NOT NULL, spec_text TEXT NOT NULL,
+    started_at REAL NOT NULL, planned_duration_s REAL NOT NULL, ended_at REAL,
+    status TEXT NOT NULL, target_url TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples ({", ".join(f"{n} REAL" for n in _SAMPLE_FIELDS)});
+CREATE INDEX IF NOT EXISTS samples_t ON samples (t);
+CREATE TABLE IF NOT EXISTS intervals (
+    op TEXT NOT NULL, start REAL NOT NULL, end_ REAL NOT NULL, count INTEGER NOT NULL,
+    ok INTEGER NOT NULL, errors TEXT NOT NULL, dropped INTEGER NOT NULL, late INTEGER NOT NULL,
+    response_hist BLOB NOT NULL, service_hist BLOB NOT NULL, lag_hist BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS intervals_op_start ON intervals (op, start);
+CREATE TABLE IF NOT EXISTS consolidation_runs (
+    space TEXT NOT NULL, t REAL NOT NULL, generated_at TEXT NOT NULL,
+    generated_s REAL NOT NULL, interval_s REAL
+);
+CREATE INDEX IF NOT EXISTS consolidation_t ON consolidation_runs (t);
+CREATE TABLE IF NOT EXISTS events (
+    t REAL NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL, detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_kind ON events (kind, t);
+CREATE TABLE IF NOT EXISTS alert_states (
+    rule TEXT NOT NULL, labels TEXT NOT NULL, state TEXT NOT NULL, since REAL NOT NULL,
+    value REAL, summary TEXT NOT NULL, severity TEXT NOT NULL, annotations TEXT NOT NULL,
+    PRIMARY KEY (rule, labels)
+);
+CREATE TABLE IF NOT EXISTS alert_history (
+    t REAL NOT NULL, rule TEXT NOT NULL, labels TEXT NOT NULL, old TEXT NOT NULL,
+    new TEXT NOT NULL, value REAL, summary TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass
+class Batch:
+    """What accumulated since the last flush; written in one transaction."""
+
+    samples: list[Sample] = field(default_factory=list)
+    intervals: list[IntervalRecord] = field(default_factory=list)
+    consolidation_runs: list[ConsolidationRun] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    alert_transitions: list[AlertTransition] = field(default_factory=list)
+    alert_states: list[Alert] | None = None  # None: unchanged; a list replaces all
+    counters: dict[str, int] = field(default_factory=dict)  # absolute values
+
+    def __len__(self) -> int:
+        return (
+            len(self.samples)
+            + len(self.intervals)
+            + len(self.consolidation_runs)
+            + len(self.events)
+            + len(self.alert_transitions)
+            + (0 if self.alert_states is None else len(self.alert_states))
+            + len(self.counters)
+        )
+
+    def take(self) -> Batch:
+        """Hand over the contents and start empty (the caller keeps the object)."""
+        out = Batch(
+            self.samples,
+            self.intervals,
+            self.consolidation_runs,
+            self.events,
+            self.alert_transitions,
+            self.alert_states,
+            dict(self.counters),
+        )
+        self.samples, self.intervals, self.consolidation_runs = [], [], []
+        self.events, self.alert_transitions, self.alert_states = [], [], None
+        self.counters = {}
+        return out
+
+
+def _labels_key(labels: Mapping[str, str]) -> str:
+    return json.dumps(dict(sorted(labels.items())), separators=(",", ":"))
+
+
+def _range(column: str, since: float | None, until: float | None) -> tuple[str, list[float]]:
+    clauses: list[str] = []
+    args: list[float] = []
+    if since is not None:
+        clauses.append(f"{column} >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append(f"{column} <= ?")
+        args.append(until)
+    return (" AND ".join(clauses) or "1=1"), args
+
+
+class RunStore:
+    """A run's durable state; implements :class:`soakd.model.RunReader`."""
+
+    def __init__(self, state_dir: Path, conn: sqlite3.Connection) -> None:
+        self.state_dir = state_dir
+        self.db_path = state_dir / DB_NAME
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    # -- opening ---------------------------------------------------------------
+
+    @staticmethod
+    def exists(state_dir: Path) -> bool:
+        return (state_dir / DB_NAME).is_file()
+
+    @classmethod
+    def _connect(cls, path: Path, readonly: bool) -> sqlite3.Connection:
+        uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10.0)
+            if not readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+                # FULL: a commit survives power loss too; one fsync per flush is cheap.
+                conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error as exc:
+            raise StartupError(f"cannot open run store {path}: {exc}") from exc
+        return conn
+
+    @classmethod
+    def create(cls, state_dir: Path, info: RunInfo) -> RunStore:
+        """Start a new run in ``state_dir`` (created if missing)."""
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create state dir {state_dir}: {exc.strerror}") from exc
+        if cls.exists(state_dir):
+            raise UsageError(f"{state_dir} already holds a run; resume it or pass --new-run")
+        conn = cls._connect(state_dir / DB_NAME, readonly=False)
+        store = cls(state_dir, conn)
+        try:
+            with store._lock, conn:
+                conn.executescript(_SCHEMA)
+                conn.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+                conn.execute(
+                    "INSERT INTO run VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        info.run_id,
+                        info.spec_fingerprint,
+                        info.spec_text,
+                        info.started_at,
+                        info.planned_duration_s,
+                        info.ended_at,
+                        info.status,
+                        info.target_url,
+                    ),
+                )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StartupError(f"cannot write run store in {state_dir}: {exc}") from exc
+        return store
+
+    @classmethod
+    def open(cls, state_dir: Path, *, readonly: bool = False) -> RunStore:
+        """Open an existing run store (for resume, ``soakd report`` and ``soakd status``)."""
+        path = state_dir / DB_NAME
+        if not path.is_file():
+            raise UsageError(f"{state_dir} holds no soakd run (no {DB_NAME})")
+        conn = cls._connect(path, readonly=readonly)
+        store = cls(state_dir, conn)
+        try:
+            version = store._one("SELECT value FROM meta WHERE key = 'schema_version'")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StartupError(f"{path} is not a readable soakd run store: {exc}") from exc
+        if version is None or int(version[0]) != SCHEMA_VERSION:
+            conn.close()
+            raise UsageError(f"{path} has run-store schema {version}, expected {SCHEMA_VERSION}")
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, batch: Batch) -> None:
+        """Write a whole batch in one transaction (all of it, or none of it)."""
+        conn = self._conn
+        with self._lock, conn:
+            if batch.samples:
+                marks = ", ".join("?" * len(_SAMPLE_FIELDS))
+                conn.executemany(
+                    f"INSERT INTO samples VALUES ({marks})",
+                    [tuple(getattr(s, n) for n in _SAMPLE_FIELDS) for s in batch.samples],
+                )
+            if batch.intervals:
+                conn.executemany(
+                    "INSERT INTO intervals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.op.value,
+                            r.start,
+                            r.end,
+                            r.count,
+                            r.ok,
+                            json.dumps(dict(r.errors), sort_keys=True),
+                            r.dropped,
+                            r.late,
+                            r.response_hist,
+                            r.service_hist,
+                            r.lag_hist,
+                        )
+                        for r in batch.intervals
+                    ],
+                )
+            if batch.consolidation_runs:
+                conn.executemany(
+                    "INSERT INTO consolidation_runs VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (c.space, c.t, c.generated_at, c.generated_s, c.interval_s)
+                        for c in batch.consolidation_runs
+                    ],
+                )
+            if batch.events:
+                conn.executemany(
+                    "INSERT INTO events VALUES (?, ?, ?, ?)",
+                    [
+                        (e.t, e.kind, e.message, json.dumps(dict(e.detail), default=str))
+                        for e in batch.events
+                    ],
+                )
+            if batch.alert_transitions:
+                conn.executemany(
+                    "INSERT INTO alert_history VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (a.t, a.rule, _labels_key(a.labels), a.old, a.new, a.value, a.summary)
+                        for a in batch.alert_transitions
+                    ],
+                )
+            if batch.alert_states is not None:
+                conn.execute("DELETE FROM alert_states")
+                conn.executemany(
+                    "INSERT INTO alert_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            a.rule,
+                            _labels_key(a.labels),
+                            a.state.value,
+                            a.since,
+                            a.value,
+                            a.summary,
+                            a.severity,
+                            json.dumps(dict(a.annotations)),
+                        )
+                        for a in batch.alert_states
+                    ],
+                )
+            if batch.counters:
+                conn.executemany(
+                    "INSERT INTO counters VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    list(batch.counters.items()),
+                )
+
+    def set_status(self, status: str, ended_at: float | None) -> None:
+        with self._lock, self._conn:
+            self._conn.execute(
+                "UPDATE run SET status = ?, ended_at = ? WHERE id = 1", (status, ended_at)
+            )
+
+    def thin_samples(self, before: float, keep_every_s: int) -> int:
+        """Keep one sample per ``keep_every_s`` seconds older than ``before`` (disk low)."""
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "DELETE FROM samples WHERE t < ? AND rowid NOT IN ("
+                " SELECT MIN(rowid) FROM samples WHERE t < ? GROUP BY CAST(t / ? AS INTEGER))",
+                (before, before, keep_every_s),
+            )
+            return cur.rowcount
+
+    # -- reading ---------------------------------------------------------------
+
+    # Rows are ``Any``: SQLite's typing is per value, and each reader below
+    # converts its columns explicitly.
+    def _one(self, sql: str, args: Sequence[object] = ()) -> Any:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        with self._lock:
+            return list(self._conn.execute(sql, args).fetchall())
+
+    def run_info(self) -> RunInfo:
+        row = self._one(
+            "SELECT run_id, spec_fingerprint, spec_text, started_at, planned_duration_s,"
+            " ended_at, status, target_url FROM run WHERE id = 1"
+        )
+        if row is None:
+            raise UsageError(f"{self.db_path} holds no run record")
+        return RunInfo(*row)
+
+    def set_planned_duration(self, planned_duration_s: float) -> None:
+        with self._lock, self._conn:
+            self._conn.execute(
+                "UPDATE run SET planned_duration_s = ? WHERE id = 1", (planned_duration_s,)
+            )
+
+    def samples(self, since: float | None = None, until: float | None = None) -> list[Sample]:
+        where, args = _range("t", since, until)
+        rows = self._all(f"SELECT * FROM samples WHERE {where} ORDER BY t", args)
+        return [_sample(r) for r in rows]
+
+    def iter_samples(
+        self, since: float | None = None, until: float | None = None, chunk: int = 50_000
+    ) -> Iterator[list[Sample]]:
+        """Samples in chunks, so a 7-day report need not hold 600k rows at once."""
+        where, args = _range("t", since, until)
+        last_rowid = 0
+        while True:
+            rows = self._all(
+                f"SELECT rowid, * FROM samples WHERE {where} AND rowid > ? ORDER BY rowid LIMIT ?",
+                [*args, last_rowid, chunk],
+            )
+            if not rows:
+                return
+            last_rowid = int(rows[-1][0])
+            yield [_sample(r[1:]) for r in rows]
+
+    def sample_count(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM samples")
+        return int(row[0]) if row else 0
+
+    def intervals(
+        self, op: Op | None = None, since: float | None = None, until: float | None = None
+    ) -> list[IntervalRecord]:
+        where, args = _range("start", since, until)
+        params: list[object] = list(args)
+        if op is not None:
+            where += " AND op = ?"
+            params.append(op.value)
+        rows = self._all(f"SELECT * FROM intervals WHERE {where} ORDER BY start", params)
+        return [
+            IntervalRecord(
+                op=Op(str(r[0])),
+                start=float(r[1]),
+                end=float(r[2]),
+                count=int(r[3]),
+                ok=int(r[4]),
+                errors=json.loads(str(r[5])),
+                dropped=int(r[6]),
+                late=int(r[7]),
+                response_hist=bytes(r[8]),
+                service_hist=bytes(r[9]),
+                lag_hist=bytes(r[10]),
+            )
+            for r in rows
+        ]
+
+    def consolidation_runs(self, since: float | None = None) -> list[ConsolidationRun]:
+        where, args = _range("t", since, None)
+        rows = self._all(f"SELECT * FROM consolidation_runs WHERE {where} ORDER BY t", args)
+        return [ConsolidationRun(*r) for r in rows]
+
+    def events(self, kinds: tuple[str, ...] | None = None) -> list[Event]:
+        if kinds:
+            marks = ", ".join("?" * len(kinds))
+            rows = self._all(f"SELECT * FROM events WHERE kind IN ({marks}) ORDER BY t", kinds)
+        else:
+            rows = self._all("SELECT * FROM events ORDER BY t")
+        return [Event(float(r[0]), str(r[1]), str(r[2]), json.loads(str(r[3]))) for r in rows]
+
+    def alert_states(self) -> list[Alert]:
+        rows = self._all("SELECT * FROM alert_states ORDER BY rule, labels")
+        return [
+            Alert(
+                rule=str(r[0]),
+                labels=json.loads(str(r[1])),
+                state=AlertState(str(r[2])),
+                since=float(r[3]),
+                value=None if r[4] is None else float(r[4]),
+                summary=str(r[5]),
+                severity=str(r[6]),
+                annotations=json.loads(str(r[7])),
+            )
+            for r in rows
+        ]
+
+    def alert_history(self) -> list[AlertTransition]:
+        rows = self._all("SELECT * FROM alert_history ORDER BY t, rowid")
+        return [
+            AlertTransition(
+                t=float(r[0]),
+                rule=str(r[1]),
+                labels=json.loads(str(r[2])),
+                old=AlertState(str(r[3])),
+                new=AlertState(str(r[4])),
+                value=None if r[5] is None else float(r[5]),
+                summary=str(r[6]),
+            )
+            for r in rows
+        ]
+
+    def counters(self) -> dict[str, int]:
+        return {str(n): int(v) for n, v in self._all("SELECT name, value FROM counters")}
+
+    def last_sample_time(self) -> float | None:
+        row = self._one("SELECT MAX(t) FROM samples")
+        return None if row is None or row[0] is None else float(row[0])
+
+
+def _sample(row: Sequence[Any]) -> Sample:
+    values = {
+        name: (int(v) if v is not None and name in _INT_SAMPLE_FIELDS else v)
+        for name, v in zip(_SAMPLE_FIELDS, row, strict=True)
+    }
+    return Sample(**values)

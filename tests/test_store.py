@@ -1,0 +1,110 @@
+"""Tests of the durable run store (soakd.store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from soakd.errors import UsageError
+from soakd.model import (
+    Alert,
+    AlertState,
+    AlertTransition,
+    ConsolidationRun,
+    Event,
+    IntervalRecord,
+    Op,
+    RunInfo,
+    Sample,
+)
+from soakd.store import Batch, RunStore
+
+
+def _info() -> RunInfo:
+    return RunInfo(
+        run_id="r1",
+        spec_fingerprint="abc",
+        spec_text="duration: 1h\n",
+        started_at=1000.0,
+        planned_duration_s=3600.0,
+        target_url="http://127.0.0.1:7432",
+    )
+
+
+def test_round_trip_of_every_record_kind(tmp_path: Path) -> None:
+    """Everything written in a batch reads back equal after the store is reopened."""
+    store = RunStore.create(tmp_path, _info())
+    sample = Sample(t=1001.0, pid=42, rss_bytes=123, heap_bytes=45, cpu_user_s=1.5, loop_lag_s=0.001)
+    interval = IntervalRecord(Op.STORE, 1000.0, 1010.0, 5, 4, {"http_500": 1}, 0, 1, b"r", b"s", b"l")
+    run = ConsolidationRun("space_01", 1002.0, "2026-01-01T00:00:00Z", 1767225600.0, 60.5)
+    event = Event(1003.0, "target_crash", "died", {"signal": 9})
+    alert = Alert("crash", {"alertname": "crash"}, AlertState.FIRING, 1004.0, 1.0, "crashed")
+    transition = AlertTransition(
+        1004.0, "crash", {"alertname": "crash"}, AlertState.PENDING, AlertState.FIRING, 1.0, "x"
+    )
+    store.write(
+        Batch(
+            samples=[sample],
+            intervals=[interval],
+            consolidation_runs=[run],
+            events=[event],
+            alert_transitions=[transition],
+            alert_states=[alert],
+            counters={"integrity_lost": 3},
+        )
+    )
+    store.close()
+    again = RunStore.open(tmp_path, readonly=True)
+    assert again.run_info() == _info()
+    assert again.samples() == [sample]
+    assert isinstance(again.samples()[0].rss_bytes, int)
+    assert again.intervals(Op.STORE) == [interval]
+    assert again.intervals(Op.RECALL) == []
+    assert again.consolidation_runs() == [run]
+    assert again.events(("target_crash",)) == [event]
+    assert again.alert_states() == [alert]
+    assert again.alert_history() == [transition]
+    assert again.counters() == {"integrity_lost": 3}
+
+
+def test_create_refuses_an_existing_run(tmp_path: Path) -> None:
+    """A second create on the same state dir is refused instead of mixing two runs."""
+    RunStore.create(tmp_path, _info()).close()
+    with pytest.raises(UsageError, match="already holds a run"):
+        RunStore.create(tmp_path, _info())
+
+
+def test_open_of_an_empty_dir_is_a_clear_error(tmp_path: Path) -> None:
+    """Opening a directory without a run names the directory."""
+    with pytest.raises(UsageError, match="holds no soakd run"):
+        RunStore.open(tmp_path)
+
+
+def test_ranges_and_chunked_iteration(tmp_path: Path) -> None:
+    """Time ranges are inclusive and chunked iteration yields every sample once, in order."""
+    store = RunStore.create(tmp_path, _info())
+    store.write(Batch(samples=[Sample(t=float(t), pid=1, rss_bytes=t) for t in range(100)]))
+    assert [s.t for s in store.samples(since=10, until=12)] == [10.0, 11.0, 12.0]
+    chunks = list(store.iter_samples(chunk=30))
+    assert [len(c) for c in chunks] == [30, 30, 30, 10]
+    assert [s.t for c in chunks for s in c] == [float(t) for t in range(100)]
+
+
+def test_thinning_keeps_one_sample_per_step(tmp_path: Path) -> None:
+    """Thinning old samples keeps one per step and leaves newer ones untouched."""
+    store = RunStore.create(tmp_path, _info())
+    store.write(Batch(samples=[Sample(t=float(t), pid=1) for t in range(120)]))
+    removed = store.thin_samples(before=60.0, keep_every_s=10)
+    assert removed == 54
+    times = [s.t for s in store.samples()]
+    assert times[:6] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
+    assert times[6:] == [float(t) for t in range(60, 120)]
+
+
+def test_batch_take_empties_the_batch(tmp_path: Path) -> None:
+    """take() hands over everything and leaves an empty batch behind."""
+    batch = Batch(samples=[Sample(t=1.0, pid=1)], counters={"a": 1})
+    out = batch.take()
+    assert len(out) == 2
+    assert len(batch) == 0

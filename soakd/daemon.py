@@ -1,0 +1,657 @@
+"""The composition root: builds every piece of a run, owns its lifecycle.
+
+Lifecycle (shared/design.md): open or resume the state dir; bind the
+exporter; find or launch the target and wait for it to be alive (start-up
+failures are exit 3); READY=1; one ``asyncio.TaskGroup`` runs every loop;
+signal handlers only record intent (the second signal means "stop now, but
+still write the report"); at the end: STOPPING=1, stop arrivals, drain under a
+timeout, final sample and evaluation, flush the outbox (bounded), write the
+report atomically, close the store.
+
+Nothing here measures or decides: the pieces do; this module wires them and
+moves records from the pieces into the run store in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from soakd.alerting import Dispatcher
+from soakd.alerting.receivers import SecretError, resolve_secret
+from soakd.clock import SystemClock
+from soakd.consolidation import ConsolidationWatcher
+from soakd.diskwatch import DiskWatch
+from soakd.engram import EngramClient
+from soakd.errors import ExitCode, StartupError
+from soakd.exporter import Exporter
+from soakd.integrity import IntegrityChecker
+from soakd.model import Alert, Clock, Event, Op, OpResult, Sample
+from soakd.progress import build_status, progress_line
+from soakd.report import ReportExtras, atomic_write, checkpoint_due, write_reports
+from soakd.rules import AlertEngine, gather_inputs
+from soakd.runstate import NEXT_K, OpenedRun, open_run
+from soakd.sampler import Sampler
+from soakd.scheduler import Scheduler
+from soakd.spec.model import OperationSpec, RecallOptions, Spec, SpreadOptions
+from soakd.stats import StatsHub
+from soakd.store import Batch
+from soakd.systemd import Notifier
+from soakd.target import Target
+from soakd.workload import Workload, space_names
+
+log = structlog.get_logger(__name__)
+
+#: IDs of the unmeasured seed stores (one per space, so SPREAD has a start).
+SEED_K_BASE = 10**15
+#: How long a resumed schedule's k jumps ahead of the last flushed one, in
+#: seconds of arrivals: IDs used after the last flush must never be reused.
+K_MARGIN_S = 30.0
+RULES_INTERVAL_S = 10.0
+CHECKPOINT_INTERVAL_S = 30.0
+DISK_INTERVAL_S = 10.0
+FINAL_FLUSH_S = 10.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    spec: Spec
+    spec_text: str
+    state_dir: Path
+    new_run: bool = False
+    handle_signals: bool = True  # off in tests that drive stop() themselves
+    progress: bool = False  # live progress line on stderr (a terminal)
+    report_dir: Path | None = None  # default: the state dir
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    exit_code: ExitCode
+    status: str  # "completed" | "stopped"
+    verdict: str | None
+    run_id: str
+    report_paths: tuple[Path, ...]
+    failed_criteria: tuple[str, ...] = ()
+
+
+class Daemon:
+    """One soak run, from the state dir to the report."""
+
+    def __init__(self, options: RunOptions, clock: Clock | None = None) -> None:
+        self.options = options
+        self.spec = options.spec
+        self.clock: Clock = clock or SystemClock()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._batch = Batch()
+        self._alerts: list[Alert] = []
+        self.metrics_address: tuple[str, int] | None = None
+        self.ready = asyncio.Event()  # set after READY=1 (tests wait on it)
+        self._exporter: Exporter  # built once the run id is known (_serve)
+        self._watcher: ConsolidationWatcher | None = None
+        self._last_sample: Sample | None = None
+
+    # -- intent ------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First call: stop gracefully. Second: stop now (still write the report)."""
+        if self._stop.is_set():
+            self._force.set()
+        self._stop.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("signal_received", signal=sig.name, forced=self._stop.is_set())
+        self.request_stop()
+
+    # -- records into the batch -----------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        self._batch.events.append(event)
+        log.info("event", kind=event.kind, message=event.message)
+        if event.kind == "target_crash":
+            self._exporter.on_target_crash()
+        elif event.kind == "target_restart":
+            self._exporter.on_target_restart()
+            if self._watcher is not None:
+                self._watcher.note_target_restart()
+        elif event.kind == "consolidation_stalled":
+            self._exporter.on_consolidation_stall(str(event.detail.get("space", "")))
+
+    def _on_sample(self, sample: Sample) -> None:
+        self._batch.samples.append(sample)
+        self._exporter.on_sample(sample)
+        self._last_sample = sample
+
+    # -- the run --------------------------------------------------------------------------
+
+    async def serve(self) -> RunOutcome:
+        """Run to the end (duration or signal) and return the outcome."""
+        now = self.clock.wall()
+        opened = await asyncio.to_thread(
+            open_run,
+            self.spec,
+            self.options.spec_text,
+            self.options.state_dir,
+            now=now,
+            new_run=self.options.new_run,
+        )
+        try:
+            return await self._serve(opened)
+        finally:
+            await asyncio.to_thread(opened.store.close)
+
+    async def _serve(self, opened: OpenedRun) -> RunOutcome:
+        spec, info = self.spec, opened.info
+        self.opened = opened
+        self.store = opened.store
+        log.info("run_opened", run_id=info.run_id, resumed=opened.resumed, gap_s=opened.gap_s)
+        self._exporter = Exporter(run_id=info.run_id, target=spec.target.url, status=self.status)
+        self.notifier = Notifier()
+        if self.options.handle_signals:
+            self._install_signals()
+        if spec.exporter.listen:
+            try:
+                self.metrics_address = await self._exporter.start(spec.exporter.listen)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen for metrics on {spec.exporter.listen}: {exc.strerror}"
+                ) from exc
+            log.info(
+                "metrics_listening", address=f"{self.metrics_address[0]}:{self.metrics_address[1]}"
+            )
+        try:
+            return await self._with_exporter(opened)
+        finally:
+            await self._exporter.stop()
+
+    async def _with_exporter(self, opened: OpenedRun) -> RunOutcome:
+        spec = self.spec
+        self.target = Target(
+            spec.target,
+            state_dir=self.options.state_dir,
+            clock=self.clock,
+            on_event=self._emit,
+            poll_interval_s=min(1.0, spec.sampling.interval_s),
+        )
+        api_key = None
+        if spec.target.api_key is not None:
+            try:
+                api_key = resolve_secret(spec.target.api_key)
+            except SecretError as exc:
+                raise StartupError(f"target.api_key: {exc}") from exc
+        timeout_s = max((o.timeout_s for o in spec.operations), default=30.0)
+        self.client = EngramClient(
+            spec.target.url, clock=self.clock, api_key=api_key, timeout_s=timeout_s
+        )
+        try:
+            await self._start_target()
+            return await self._run(opened)
+        finally:
+            await self.client.close()
+            if self.target.owned:
+                await self.target.stop()
+
+    async def _start_target(self) -> None:
+        spec = self.spec
+        pid = await self.target.start()
+        if pid is None:
+            log.warning(
+                "target_process_not_found",
+                url=spec.target.url,
+                hint="soakd drives the target but cannot sample it; "
+                "set target.pid, target.pid_file or target.systemd_unit",
+            )
+        await self.target.wait_healthy(self.client.alive, spec.target.startup_timeout_s)
+        for space in space_names(spec.space_count):
+            status = await self.client.create_space(space)
+            if not 200 <= status < 300:
+                raise StartupError(
+                    f"POST /api/v1/spaces {{'id': {space!r}}} answered {status}; "
+                    f"is {spec.target.url} an Engram server?"
+                )
+
+    def _build(self, opened: OpenedRun) -> None:
+        spec, info = self.spec, opened.info
+        spaces = space_names(spec.space_count)
+        recall_op, spread_op = spec.operation("recall"), spec.operation("spread")
+        self.workload = Workload(
+            seed=spec.seed,
+            run_tag=info.run_id.replace("-", "")[-12:],
+            spaces=spaces,
+            recall=(recall_op.recall if recall_op and recall_op.recall else RecallOptions()),
+            spread=(spread_op.spread if spread_op and spread_op.spread else SpreadOptions()),
+        )
+        driven = [Op(o.operation) for o in spec.operations]
+        self.stats = StatsHub(driven, self.clock)
+        self.integrity = IntegrityChecker(
+            self.client,
+            self.workload,
+            self.clock,
+            sample_fraction=spec.integrity.sample_fraction,
+            delay_s=spec.integrity.delay_s,
+            max_pending=spec.integrity.max_pending,
+            sink=self._exporter.on_result,
+            seed=spec.seed,
+            on_event=self._emit,
+        )
+        if spec.consolidation is not None:
+            c = spec.consolidation
+            self._watcher = ConsolidationWatcher(
+                self.client,
+                space_names(c.spaces),
+                interval_s=c.interval_s,
+                poll_interval_s=c.poll_interval_s,
+                tolerance_s=c.tolerance_s,
+                clock=self.clock,
+                on_run=self._on_consolidation_run,
+                on_event=self._emit,
+            )
+        self.sampler = Sampler(
+            lambda: self.target.current,
+            clock=self.clock,
+            interval_s=spec.sampling.interval_s,
+            uss_interval_s=spec.sampling.uss_interval_s,
+            data_dir=Path(spec.target.data_dir) if spec.target.data_dir else None,
+            on_event=self._emit,
+            memories=self._memories,
+        )
+        self.disk = DiskWatch(
+            self.options.state_dir,
+            spec.sampling.min_free_disk_bytes,
+            on_event=self._emit,
+            clock=self.clock,
+        )
+        base_labels = {"run_id": info.run_id, "target": spec.target.url, "job": "soakd"}
+        self.engine = AlertEngine(
+            spec.alerts, base_labels=base_labels, restored=opened.store.alert_states()
+        )
+        self._alerts = self.engine.current()
+        self.dispatcher = Dispatcher(
+            spec.receivers,
+            db_path=opened.store.db_path,
+            base_labels=base_labels,
+            generator_url=self._generator_url(),
+            clock=self.clock,
+        )
+        self.schedulers = {Op(o.operation): self._scheduler(o) for o in spec.operations}
+        self._late_seen = dict.fromkeys(self.schedulers, 0)
+
+    def _generator_url(self) -> str:
+        if self.metrics_address is None:
+            return ""
+        host, port = self.metrics_address
+        return f"http://{host}:{port}/status"
+
+    def _scheduler(self, o: OperationSpec) -> Scheduler:
+        op = Op(o.operation)
+        fire: Callable[[int, int], Coroutine[Any, Any, None]] = {
+            Op.STORE: self._fire_store,
+            Op.RECALL: self._fire_recall,
+            Op.SPREAD: self._fire_spread,
+        }[op]
+
+        def dropped(k: int, intended_ns: int) -> None:
+            self.stats.on_dropped(op, intended_ns)
+            self._exporter.on_dropped(op)
+
+        return Scheduler(
+            op.value,
+            o.rate_per_s,
+            clock=self.clock,
+            fire=fire,
+            max_in_flight=o.max_in_flight,
+            on_dropped=dropped,
+        )
+
+    # -- the measured operations ---------------------------------------------------------
+
+    def _record(self, r: OpResult) -> None:
+        self.stats.on_result(r)
+        self._exporter.on_result(r)
+
+    async def _fire_store(self, k: int, intended_ns: int) -> None:
+        req = self.workload.store(k)
+        r = await self.client.store(req, intended_ns)
+        self._record(r)
+        if r.memory_id is not None:
+            self.workload.confirm_stored(req.space, r.memory_id)
+            self.integrity.on_result(r)
+            if self._watcher is not None:
+                self._watcher.note_store(req.space)
+
+    async def _fire_recall(self, k: int, intended_ns: int) -> None:
+        self._record(await self.client.recall(self.workload.recall(k), intended_ns))
+
+    async def _fire_spread(self, k: int, intended_ns: int) -> None:
+        req = self.workload.spread(k)
+        if req is None:  # no stored ID anywhere yet: an arrival that could not be sent
+            self.stats.on_dropped(Op.SPREAD, intended_ns)
+            self._exporter.on_dropped(Op.SPREAD)
+            return
+        self._record(await self.client.spread(req, intended_ns))
+
+    async def _seed_spaces(self) -> None:
+        """One unmeasured store per space, so every space has a SPREAD start point."""
+        if self.spec.operation("spread") is None:
+            return
+        for i, _space in enumerate(self.workload.spaces):
+            req = self.workload.store(SEED_K_BASE + i)
+            r = await self.client.store(req, self.clock.monotonic_ns())
+            if r.memory_id is not None:
+                self.workload.confirm_stored(req.space, r.memory_id)
+                if self._watcher is not None:
+                    self._watcher.note_store(req.space)
+
+    def _on_consolidation_run(self, run: Any) -> None:
+        self._batch.consolidation_runs.append(run)
+        if self.spec.consolidation is not None:
+            self._exporter.on_consolidation_run(run, self.spec.consolidation.interval_s)
+
+    async def _memories(self) -> int | None:
+        counts = await self.client.memory_counts()
+        if counts is None:
+            return None
+        ours = set(self.workload.spaces)
+        return sum(n for space, n in counts.items() if space in ours)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def _run(self, opened: OpenedRun) -> RunOutcome:
+        spec, info = self.spec, opened.info
+        self._build(opened)
+        counters = opened.store.counters()
+        if opened.resumed:
+            await asyncio.to_thread(self._restore, opened, counters)
+        await self._seed_spaces()
+        now_wall, now_ns = self.clock.wall(), self.clock.monotonic_ns()
+        end_wall = info.started_at + spec.duration_s
+        self.end_ns = now_ns + max(0, int((end_wall - now_wall) * 1e9))
+        self.start_ns = now_ns
+        self.notifier.ready()
+        self.ready.set()
+        log.info("run_started", run_id=info.run_id, ends_in_s=round(end_wall - now_wall, 1))
+        loops: list[asyncio.Task[None]] = []
+        status = "completed"
+        internal_error = False
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for op, sched in self.schedulers.items():
+                    first_k = self._first_k(op, counters, opened.resumed)
+                    tg.create_task(sched.run(now_ns, first_k, self.end_ns), name=f"schedule-{op}")
+                loops = [tg.create_task(c, name=n) for n, c in self._loops()]
+                ended_by_time = await self._wait_end()
+                status = "completed" if ended_by_time else "stopped"
+                self.notifier.stopping()
+                log.info("run_ending", status=status, forced=self._force.is_set())
+                for sched in self.schedulers.values():
+                    sched.stop()
+                drain_s = (
+                    0.0
+                    if self._force.is_set()
+                    else min(10.0, max((o.timeout_s for o in spec.operations), default=10.0))
+                )
+                cancelled = await asyncio.gather(
+                    *(s.drain(drain_s) for s in self.schedulers.values())
+                )
+                if sum(cancelled):
+                    log.info("drain_cancelled_requests", count=sum(cancelled))
+                for task in loops:
+                    task.cancel()
+        except* Exception:
+            internal_error = True
+            status = "stopped"
+            log.exception("internal_error")
+        return await self._finish(status, internal_error)
+
+    def _first_k(self, op: Op, counters: dict[str, int], resumed: bool) -> int:
+        if not resumed:
+            return 0
+        o = self.spec.operation(op.value)
+        margin = int((o.rate_per_s if o else 0) * K_MARGIN_S) + 1
+        return counters.get(NEXT_K.format(op=op.value), 0) + margin
+
+    def _restore(self, opened: OpenedRun, counters: dict[str, int]) -> None:
+        info = opened.info
+        self.stats.restore(opened.store.intervals(), info.started_at)
+        self.integrity.restore(
+            counters.get("integrity_checked", 0),
+            counters.get("integrity_lost", 0),
+            counters.get("integrity_corrupted", 0),
+        )
+        if self._watcher is not None and self.spec.consolidation is not None:
+            window = 3 * (self.spec.consolidation.interval_s + self.spec.consolidation.tolerance_s)
+            self._watcher.restore(opened.store.consolidation_runs(since=self.clock.wall() - window))
+
+    async def _wait_end(self) -> bool:
+        """True when the duration was reached, False when asked to stop."""
+        stop = asyncio.create_task(self._stop.wait())
+        deadline = asyncio.create_task(self.clock.sleep_until(self.end_ns))
+        try:
+            done, _ = await asyncio.wait({stop, deadline}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            deadline.cancel()
+        return deadline in done and not self._stop.is_set()
+
+    def _loops(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        loops: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("sampler", self.sampler.run(self._on_sample)),
+            ("target-watch", self.target.watch()),
+            ("integrity", self.integrity.run()),
+            ("roll", self._every(self.spec.sampling.stats_interval_s, self._roll)),
+            ("flush", self._every(self.spec.sampling.flush_interval_s, self._flush)),
+            ("rules", self._every(self._rules_interval(), self._evaluate)),
+            ("progress", self._every(1.0, self._progress)),
+            ("checkpoints", self._every(CHECKPOINT_INTERVAL_S, self._checkpoint)),
+            ("disk", self._every(DISK_INTERVAL_S, self._check_disk)),
+            ("dispatcher", self.dispatcher.run()),
+            ("watchdog", self.notifier.watchdog_loop(self._progress_ns, self.clock)),
+        ]
+        if self._watcher is not None:
+            loops.append(("consolidation", self._watcher.run()))
+        return loops
+
+    def _rules_interval(self) -> float:
+        # Short runs are judged more often, so a 10-minute run still has ~60 evaluations.
+        return max(1.0, min(RULES_INTERVAL_S, self.spec.duration_s / 60))
+
+    def _progress_ns(self) -> int:
+        return min((s.last_advance_ns for s in self.schedulers.values()), default=0)
+
+    async def _every(self, period_s: float, step: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``step`` on an absolute schedule; a failing step is logged, never fatal."""
+        period_ns = max(1, int(period_s * 1e9))
+        next_ns = self.clock.monotonic_ns() + period_ns
+        while True:
+            await self.clock.sleep_until(next_ns)
+            next_ns += period_ns
+            now = self.clock.monotonic_ns()
+            if next_ns <= now:  # fell behind (suspend, slow disk): skip, do not burst
+                next_ns = now + period_ns
+            try:
+                await step()
+            except Exception:
+                log.exception("loop_step_failed", step=getattr(step, "__name__", "?"))
+
+    # -- periodic steps -------------------------------------------------------------------
+
+    async def _roll(self) -> None:
+        for op, sched in self.schedulers.items():
+            delta = sched.late - self._late_seen[op]
+            self._late_seen[op] = sched.late
+            for _ in range(delta):
+                self.stats.on_late(op)
+                self._exporter.on_late(op)
+        self._batch.intervals.extend(self.stats.roll())
+
+    def _counters(self) -> dict[str, int]:
+        counters = {NEXT_K.format(op=op.value): s.next_k for op, s in self.schedulers.items()}
+        counters.update(
+            integrity_checked=self.integrity.checked,
+            integrity_lost=self.integrity.lost,
+            integrity_corrupted=self.integrity.corrupted,
+            integrity_skipped=self.integrity.skipped,
+            target_restarts=self.target.restarts,
+            target_crashes=self.target.crashes,
+        )
+        return counters
+
+    async def _flush(self) -> None:
+        self._batch.counters.update(self._counters())
+        batch = self._batch.take()
+        if len(batch):
+            await asyncio.to_thread(self.store.write, batch)
+        # What `soakd status STATE_DIR` shows, also after soakd is gone.
+        text = json.dumps(self.status(), indent=1, default=str)
+        await asyncio.to_thread(atomic_write, self.options.state_dir / "status.json", text)
+
+    async def _evaluate(self) -> None:
+        await self._flush()  # rules read the store: give them the newest data
+        c = self.spec.consolidation
+        inputs = await asyncio.to_thread(
+            gather_inputs,
+            self.store,
+            self.clock.wall(),
+            expected_interval_s=c.interval_s if c else None,
+            tolerance_s=c.tolerance_s if c else 5.0,
+            integrity_lost=self.integrity.lost,
+            integrity_corrupted=self.integrity.corrupted,
+            rules=self.spec.alerts,
+        )
+        transitions = self.engine.evaluate(inputs)
+        self._alerts = self.engine.current()
+        self._exporter.set_alerts(self._alerts)
+        if transitions:
+            for t in transitions:
+                log.warning("alert", rule=t.rule, state=t.new.value, summary=t.summary)
+            self._batch.alert_transitions.extend(transitions)
+            self._batch.alert_states = list(self._alerts)
+            await asyncio.to_thread(self.dispatcher.submit, transitions, self._alerts)
+
+    async def _progress(self) -> None:
+        elapsed = self.clock.wall() - self.opened.info.started_at
+        self._exporter.set_progress(elapsed, self.spec.duration_s, "running")
+        status = self.status()
+        if self.notifier.enabled:
+            self.notifier.status(progress_line(status))
+        if self.options.progress:
+            sys.stderr.write("\r\x1b[2K" + progress_line(status))
+            sys.stderr.flush()
+
+    async def _checkpoint(self) -> None:
+        info = self.opened.info
+        done = [
+            e.detail.get("name")
+            for e in await asyncio.to_thread(self.store.events, ("checkpoint",))
+        ]
+        name = checkpoint_due(
+            info.started_at, self.spec.duration_s, self.clock.wall(), [str(d) for d in done]
+        )
+        if name is None:
+            return
+        await self._flush()
+        out = self.options.state_dir / "checkpoints"
+        await asyncio.to_thread(
+            write_reports,
+            self.store,
+            self.spec,
+            out,
+            now=self.clock.wall(),
+            extra=self._extras(),
+            basename=f"checkpoint-{name}",
+        )
+        self._emit(
+            Event(
+                self.clock.wall(), "checkpoint", f"checkpoint report {name} written", {"name": name}
+            )
+        )
+
+    async def _check_disk(self) -> None:
+        was_low = self.disk.low
+        low = await asyncio.to_thread(self.disk.check)
+        if low and not was_low:
+            # Keep one sample a minute for everything older than an hour: the
+            # trend survives, the disk gets room.
+            removed = await asyncio.to_thread(
+                self.store.thin_samples, self.clock.wall() - 3600.0, 60
+            )
+            log.warning("disk_low_thinned_samples", removed=removed)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _extras(self) -> ReportExtras:
+        return ReportExtras(
+            integrity_checked=self.integrity.checked,
+            integrity_lost=self.integrity.lost,
+            integrity_corrupted=self.integrity.corrupted,
+        )
+
+    async def _finish(self, status: str, internal_error: bool) -> RunOutcome:
+        forced = self._force.is_set()
+        with contextlib.suppress(Exception):
+            sample = await asyncio.to_thread(self.sampler.sample_once, self.clock.wall())
+            self._on_sample(sample)
+        with contextlib.suppress(Exception):
+            await self._roll()
+        try:
+            await self._evaluate()
+        except Exception:
+            log.exception("final_evaluation_failed")
+        ended = self.clock.wall()
+        self._emit(Event(ended, "run_ended", f"run {status}", {"status": status}))
+        await self._flush()
+        await asyncio.to_thread(self.store.set_status, status, ended)
+        if not forced:
+            left = await self.dispatcher.flush(FINAL_FLUSH_S)
+            if left:
+                log.warning("alerts_undelivered_at_exit", pending=left)
+        self.dispatcher.close()
+        report_dir = self.options.report_dir or self.options.state_dir
+        result = await asyncio.to_thread(
+            write_reports, self.store, self.spec, report_dir, now=ended, extra=self._extras()
+        )
+        failed = tuple(c.key for c in result.criteria if not c.passed)
+        if internal_error:
+            code = ExitCode.INTERNAL
+        elif status == "stopped":
+            code = ExitCode.STOPPED
+        else:
+            code = ExitCode.PASSED if result.verdict == "pass" else ExitCode.FAILED
+        log.info("run_finished", status=status, verdict=result.verdict, exit_code=int(code))
+        return RunOutcome(
+            code, status, result.verdict, self.opened.info.run_id, result.paths, failed
+        )
+
+    # -- views ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        """The /status JSON (and what ``soakd status --url`` renders)."""
+        if not hasattr(self, "stats"):
+            return {"status": "starting"}
+        return build_status(
+            info=self.opened.info,
+            spec=self.spec,
+            now=self.clock.wall(),
+            totals={op: self.stats.totals(op) for op in self.schedulers},
+            alerts=self._alerts,
+            sample=self._last_sample,
+            restarts=self.target.restarts,
+            crashes=self.target.crashes,
+            watcher=self._watcher,
+            integrity=(self.integrity.checked, self.integrity.lost, self.integrity.corrupted),
+            running=not self._stop.is_set(),
+        )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import structlog
 
 from soakd.alerting import Dispatcher
@@ -46,7 +48,7 @@ from soakd.spec.model import OperationSpec, RecallOptions, Spec, SpreadOptions
 from soakd.stats import StatsHub
 from soakd.store import Batch
 from soakd.systemd import Notifier
-from soakd.target import Target
+from soakd.target import ProcessId, PsutilTable, Target
 from soakd.workload import Workload, space_names
 
 log = structlog.get_logger(__name__)
@@ -60,6 +62,9 @@ RULES_INTERVAL_S = 10.0
 CHECKPOINT_INTERVAL_S = 30.0
 DISK_INTERVAL_S = 10.0
 FINAL_FLUSH_S = 10.0
+#: Counters naming the target process soakd launched (for adoption on resume).
+OWNED_PID = "owned_target_pid"
+OWNED_CTIME_MS = "owned_target_create_time_ms"
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class Daemon:
         self._exporter: Exporter  # built once the run id is known (_serve)
         self._watcher: ConsolidationWatcher | None = None
         self._last_sample: Sample | None = None
+        self._adopted: ProcessId | None = None  # a launched target kept across a resume
 
     # -- intent ------------------------------------------------------------------------
 
@@ -180,8 +186,16 @@ class Daemon:
 
     async def _with_exporter(self, opened: OpenedRun) -> RunOutcome:
         spec = self.spec
+        target_spec = spec.target
+        self._adopted = adoptable_target(opened) if opened.resumed else None
+        if self._adopted is not None:
+            # soakd was restarted, the Engram it launched was not: keep watching
+            # the same process, so Engram's continuous operation is not broken
+            # by a restart of the tool that measures it.
+            log.info("target_adopted", pid=self._adopted.pid)
+            target_spec = dataclasses.replace(target_spec, command=None, pid=self._adopted.pid)
         self.target = Target(
-            spec.target,
+            target_spec,
             state_dir=self.options.state_dir,
             clock=self.clock,
             on_event=self._emit,
@@ -195,7 +209,11 @@ class Daemon:
                 raise StartupError(f"target.api_key: {exc}") from exc
         timeout_s = max((o.timeout_s for o in spec.operations), default=30.0)
         self.client = EngramClient(
-            spec.target.url, clock=self.clock, api_key=api_key, timeout_s=timeout_s
+            spec.target.url,
+            clock=self.clock,
+            api_key=api_key,
+            timeout_s=timeout_s,
+            max_connections=spec.target.max_connections,
         )
         try:
             await self._start_target()
@@ -204,6 +222,8 @@ class Daemon:
             await self.client.close()
             if self.target.owned:
                 await self.target.stop()
+            elif self._adopted is not None:
+                await asyncio.to_thread(stop_process, self._adopted)
 
     async def _start_target(self) -> None:
         spec = self.spec
@@ -359,7 +379,8 @@ class Daemon:
     def _on_consolidation_run(self, run: Any) -> None:
         self._batch.consolidation_runs.append(run)
         if self.spec.consolidation is not None:
-            self._exporter.on_consolidation_run(run, self.spec.consolidation.interval_s)
+            c = self.spec.consolidation
+            self._exporter.on_consolidation_run(run, c.interval_s, c.tolerance_s)
 
     async def _memories(self) -> int | None:
         counts = await self.client.memory_counts()
@@ -508,6 +529,10 @@ class Daemon:
             target_restarts=self.target.restarts,
             target_crashes=self.target.crashes,
         )
+        current = self.target.current
+        if current is not None and (self.target.owned or self._adopted is not None):
+            counters[OWNED_PID] = current.pid
+            counters[OWNED_CTIME_MS] = round(current.create_time * 1000)
         return counters
 
     async def _flush(self) -> None:
@@ -655,3 +680,29 @@ class Daemon:
             integrity=(self.integrity.checked, self.integrity.lost, self.integrity.corrupted),
             running=not self._stop.is_set(),
         )
+
+
+def adoptable_target(opened: OpenedRun) -> ProcessId | None:
+    """The target a previous soakd of this run launched, if that very process still runs."""
+    counters = opened.store.counters()
+    pid, ctime_ms = counters.get(OWNED_PID), counters.get(OWNED_CTIME_MS)
+    if pid is None or ctime_ms is None:
+        return None
+    wanted = ProcessId(pid, ctime_ms / 1000)
+    return wanted if wanted.same_process(PsutilTable().lookup(pid)) else None
+
+
+def stop_process(proc: ProcessId, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL, an adopted target (blocking), if it is still that process."""
+    try:
+        p = psutil.Process(proc.pid)
+        if not proc.same_process(ProcessId(proc.pid, p.create_time())):
+            return
+        p.terminate()
+        try:
+            p.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            p.kill()
+            p.wait(timeout_s)
+    except psutil.Error:
+        pass

@@ -6,8 +6,11 @@ Tests never sleep to wait for a state: they poll for it under a deadline.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -48,3 +51,66 @@ async def async_wait_for(
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"timed out after {timeout_s}s waiting for {what or predicate}")
         await asyncio.sleep(interval_s)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a child to bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def soak_spec(
+    port: int,
+    *,
+    duration: str = "20s",
+    store: float = 50,
+    recall: float = 25,
+    spread: float = 10,
+    spaces: int = 4,
+    consolidation_interval: str | None = "2s",
+    knobs: Sequence[str] = (),
+    extra: str = "",
+    alerts: Sequence[str] = (
+        'memory_leak: "RSS increases >10% per day"',
+        'performance_degradation: "P99 latency increases >20%"',
+        'consolidation_failure: "Cadence drift >5s"',
+        'crash: "any crash"',
+        'integrity: "any lost or corrupted write"',
+    ),
+) -> str:
+    """A spec that launches the reference target on ``port`` with fault ``knobs``."""
+    workload = [
+        f"  - {{operation: store, rate: {store}, spaces: {spaces}}}" if store else "",
+        f"  - {{operation: recall, rate: {recall}, spaces: {spaces}}}" if recall else "",
+        f"  - {{operation: spread, rate: {spread}, max_hops: 3}}" if spread else "",
+    ]
+    command = ["{python}", "-m", "soakd.reference", "--host", "127.0.0.1", "--port", "{port}"]
+    if consolidation_interval:
+        workload.append(
+            f"  - {{operation: consolidation, interval: {consolidation_interval},"
+            f" spaces: {spaces}, poll_interval: 1s}}"
+        )
+        command += ["--consolidation-interval", consolidation_interval]
+    command += list(knobs)
+    lines = [
+        "name: e2e",
+        "seed: 7",
+        f"duration: {duration}",
+        "workload:",
+        *[w for w in workload if w],
+        "alerts:",
+        *[f"  - {a}" for a in alerts],
+        "target:",
+        f"  url: http://127.0.0.1:{port}",
+        f"  command: {json.dumps(command)}",
+        "exporter: {listen: '127.0.0.1:0'}",
+        "integrity: {sample_fraction: 0.2, delay: 1s}",
+        extra,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def soakd_command(*args: str) -> list[str]:
+    """argv that runs this checkout's soakd CLI in a child process."""
+    return [sys.executable, "-m", "soakd", *args]

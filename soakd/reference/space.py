@@ -1,0 +1,299 @@
+"""One memory space: bounded hot memories, de-duplication, eviction, association graph.
+
+Engram keeps at most ``capacity`` hot memories per space and evicts the
+least-activated one past that; a new embedding within cosine 0.95 of a hot
+memory is silently skipped. Each memory is linked to its nearest existing
+memories (approximate, by sign code) and to the previous memory of the space;
+links are kept both ways (a bounded ring of in-links) so activation can spread
+in either direction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from soakd.reference.vectors import F32, VectorStore, normalise, sign_code
+
+DEDUP_COSINE = 0.95
+K_NEAREST = 4
+K_OUT = K_NEAREST + 1  # nearest neighbours + the previous memory
+K_IN = 6
+TEMPORAL_WEIGHT = 1.0
+# Ties in activation are broken oldest-first: each uid adds this much.
+_RECENCY_EPS = 1e-9
+A = TypeVar("A", bound=npt.NDArray[Any])
+CONSTANT_VECTOR = normalise([0.5] * 768)  # Engram's vector for stores without one
+
+
+class StoreResult(Enum):
+    """What a remember did to the space."""
+
+    STORED = "stored"
+    REPLACED = "replaced"
+    DEDUPLICATED = "deduplicated"
+
+
+@dataclass(slots=True)
+class Memory:
+    """A hot memory (its vector lives in the space's VectorStore at ``slot``)."""
+
+    id: str
+    content: str
+    confidence: float
+    observed_at: float
+    stored_at: float
+    slot: int
+    uid: int
+    recall_count: int = 0
+    last_access: float | None = None
+
+
+@dataclass(frozen=True)
+class RememberOutcome:
+    """Result of a remember: the kind, and which memory was evicted to make room."""
+
+    result: StoreResult
+    evicted: str | None = None
+    duplicate_of: str | None = None
+
+
+class MemorySpace:
+    """Memories of one space; every method runs on the event loop (no locking)."""
+
+    def __init__(self, space_id: str, capacity: int, created_at: float | None = None) -> None:
+        self.id = space_id
+        self.capacity = capacity
+        self.created_at = time.time() if created_at is None else created_at
+        self.vectors = VectorStore(capacity)
+        self.by_id: dict[str, Memory] = {}
+        self.by_uid: dict[int, Memory] = {}
+        self.slots: list[Memory | None] = []
+        self._free: list[int] = []
+        self.activation = np.zeros(0, dtype=np.float64)
+        self.out_uid = np.zeros((0, K_OUT), dtype=np.int64)
+        self.out_w = np.zeros((0, K_OUT), dtype=np.float32)
+        self.in_uid = np.zeros((0, K_IN), dtype=np.int64)
+        self.in_next = np.zeros(0, dtype=np.int8)
+        self.next_uid = 1
+        self.last_uid = 0
+        self.recent: deque[int] = deque(maxlen=4096)
+        self.dirty = False
+        self.stores = 0
+        self.deduplicated = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    # -- storage ---------------------------------------------------------------------------
+
+    def remember(
+        self,
+        memory_id: str,
+        content: str,
+        embedding: list[float] | None,
+        confidence: float,
+        observed_at: float,
+    ) -> RememberOutcome:
+        """Store a memory unless a hot memory is within cosine 0.95 of it."""
+        unit = CONSTANT_VECTOR if embedding is None else normalise(embedding)
+        code = sign_code(unit)
+        self.stores += 1
+        replaced = memory_id in self.by_id
+        if replaced:
+            self._remove(self.by_id[memory_id])
+        dist = self.vectors.hamming(code)
+        dup = self.vectors.search_with(dist, code, unit, DEDUP_COSINE, 1) if dist.size else []
+        if dup:
+            self.deduplicated += 1
+            holder = self.slots[dup[0][0]]
+            return RememberOutcome(
+                StoreResult.DEDUPLICATED, duplicate_of=holder.id if holder else None
+            )
+        # An evicted slot is marked unused, so the neighbour search below skips it.
+        evicted = self._evict() if len(self.by_id) >= self.capacity else None
+        neighbours = self.vectors.nearest(dist, K_NEAREST) if dist.size else np.zeros(0, np.int64)
+        memory = self._insert(
+            memory_id, content, unit, code, confidence=confidence, observed_at=observed_at
+        )
+        self._link(memory, neighbours, unit)
+        result = StoreResult.REPLACED if replaced else StoreResult.STORED
+        return RememberOutcome(result, evicted=evicted[0] if evicted else None)
+
+    def get(self, memory_id: str) -> Memory | None:
+        """A hot memory by id."""
+        return self.by_id.get(memory_id)
+
+    def _insert(
+        self,
+        memory_id: str,
+        content: str,
+        unit: F32,
+        code: npt.NDArray[np.uint64],
+        *,
+        confidence: float,
+        observed_at: float,
+    ) -> Memory:
+        slot = self._free.pop() if self._free else len(self.slots)
+        if slot == len(self.slots):
+            self.slots.append(None)
+            self.ensure_slots(slot + 1)
+        uid = self.next_uid
+        self.next_uid += 1
+        memory = Memory(memory_id, content, confidence, observed_at, time.time(), slot, uid)
+        self.vectors.put(slot, unit, code)
+        self.slots[slot] = memory
+        self.by_id[memory_id] = memory
+        self.by_uid[uid] = memory
+        self.activation[slot] = confidence + _RECENCY_EPS * uid
+        self.out_uid[slot] = 0
+        self.out_w[slot] = 0.0
+        self.in_uid[slot] = 0
+        self.in_next[slot] = 0
+        self.recent.append(uid)
+        self.dirty = True
+        return memory
+
+    def ensure_slots(self, slots: int) -> None:
+        """Make at least ``slots`` slots addressable in every per-slot array."""
+        self.vectors.ensure(slots)
+        rows = self.vectors.allocated
+        if rows > self.activation.shape[0]:
+            self.activation = _grow(self.activation, rows, np.inf)
+            self.out_uid = _grow(self.out_uid, rows, 0)
+            self.out_w = _grow(self.out_w, rows, 0)
+            self.in_uid = _grow(self.in_uid, rows, 0)
+            self.in_next = _grow(self.in_next, rows, 0)
+
+    def _link(self, memory: Memory, neighbours: npt.NDArray[np.int64], unit: F32) -> None:
+        """Link to the nearest memories (weight from cosine) and to the previous one."""
+        slot = memory.slot
+        cos = self.vectors.cosines(neighbours, unit)
+        col = 0
+        for other_slot, c in zip(neighbours.tolist(), cos.tolist(), strict=True):
+            other = self.slots[other_slot]
+            if other is None or other.uid == memory.uid:
+                continue
+            weight = 0.5 + 0.5 * max(c, 0.0)
+            self._edge(slot, col, other, weight)
+            col += 1
+        previous = self.by_uid.get(self.last_uid)
+        if previous is not None and previous.uid != memory.uid and col < K_OUT:
+            self._edge(slot, col, previous, TEMPORAL_WEIGHT)
+        self.last_uid = memory.uid
+
+    def _edge(self, slot: int, col: int, other: Memory, weight: float) -> None:
+        src = self.slots[slot]
+        assert src is not None
+        self.out_uid[slot, col] = other.uid
+        self.out_w[slot, col] = weight
+        ring = int(self.in_next[other.slot])
+        self.in_uid[other.slot, ring] = src.uid
+        self.in_next[other.slot] = (ring + 1) % K_IN
+
+    def neighbours(self, memory: Memory) -> list[tuple[Memory, float]]:
+        """Live neighbours of a memory with their link weights (out-links, then in-links)."""
+        out: list[tuple[Memory, float]] = []
+        slot = memory.slot
+        for uid, weight in zip(self.out_uid[slot].tolist(), self.out_w[slot].tolist(), strict=True):
+            other = self.by_uid.get(uid) if uid else None
+            if other is not None:
+                out.append((other, weight))
+        for uid in self.in_uid[slot].tolist():
+            other = self.by_uid.get(uid) if uid else None
+            if other is not None:
+                out.append((other, self._weight(other, memory.uid)))
+        return out
+
+    def _weight(self, src: Memory, dst_uid: int) -> float:
+        row = self.out_uid[src.slot]
+        hits = np.flatnonzero(row == dst_uid)
+        return float(self.out_w[src.slot, hits[0]]) if hits.size else TEMPORAL_WEIGHT
+
+    # -- eviction and activation --------------------------------------------------------------
+
+    def _evict(self) -> tuple[str, int] | None:
+        """Evict the least-activated memory (ties: oldest first); return its id and slot."""
+        if not self.by_id:
+            return None
+        slot = int(np.argmin(self.activation))
+        memory = self.slots[slot]
+        if memory is None:
+            return None
+        self._remove(memory)
+        self.evicted += 1
+        return memory.id, slot
+
+    def _remove(self, memory: Memory) -> None:
+        slot = memory.slot
+        self.vectors.clear(slot)
+        self.activation[slot] = np.inf
+        self.slots[slot] = None
+        del self.by_id[memory.id]
+        del self.by_uid[memory.uid]
+        self._free.append(slot)
+        self.dirty = True
+
+    def touch(self, memory: Memory, amount: float, now: float) -> None:
+        """Raise a memory's activation after a recall or spread hit."""
+        self.activation[memory.slot] += amount
+        memory.recall_count += 1
+        memory.last_access = now
+
+    # -- recall -----------------------------------------------------------------------------
+
+    def recall_embedding(
+        self, embedding: list[float], threshold: float, limit: int
+    ) -> list[tuple[Memory, float]]:
+        """Memories with cosine >= threshold to ``embedding``, best first."""
+        hits = self.vectors.search(normalise(embedding), threshold, limit)
+        out: list[tuple[Memory, float]] = []
+        for slot, cos in hits:
+            memory = self.slots[slot]
+            if memory is not None:
+                out.append((memory, cos))
+        return out
+
+    def recall_text(
+        self, query: str, threshold: float, limit: int, scan_limit: int
+    ) -> list[tuple[Memory, float]]:
+        """Memories whose content holds the query's words (newest ``scan_limit`` scanned)."""
+        words = [w for w in query.lower().split() if w]
+        if not words:
+            return []
+        scored: list[tuple[Memory, float]] = []
+        for n, memory in enumerate(reversed(self.by_id.values())):
+            if n >= scan_limit:
+                break
+            text = memory.content.lower()
+            score = sum(1 for w in words if w in text) / len(words)
+            if score >= threshold and score > 0.0:
+                scored.append((memory, score))
+        scored.sort(key=lambda pair: -pair[1])
+        return scored[:limit]
+
+    def recent_memories(self, limit: int) -> list[Memory]:
+        """The newest hot memories, oldest first (for consolidation)."""
+        out: list[Memory] = []
+        for uid in reversed(self.recent):
+            memory = self.by_uid.get(uid)
+            if memory is not None:
+                out.append(memory)
+                if len(out) >= limit:
+                    break
+        out.reverse()
+        return out
+
+
+def _grow(arr: A, rows: int, fill: float) -> A:
+    shape = (rows, *arr.shape[1:])
+    out = np.full(shape, fill, dtype=arr.dtype)
+    out[: arr.shape[0]] = arr
+    return cast(A, out)

@@ -1,0 +1,28 @@
+"""The final and checkpoint reports: report.json, report.md and report.html.
+
+Public API (the daemon and the CLI call these)::
+
+    write_reports(reader, spec, out_dir, *, now, extra=None, basename="report") -> ReportResult
+    checkpoint_due(started_at, planned_s, now, done) -> str | None
+
+See docs/report.md for the verdict rules and the report.json schema.
+"""
+
+from __future__ import annotations
+
+from soakd.report.checkpoints import checkpoint_due
+from soakd.report.data import ReportExtras, build_model
+from soakd.report.model import SCHEMA_VERSION, Criterion, ReportModel
+from soakd.report.writer import ReportResult, atomic_write, write_reports
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Criterion",
+    "ReportExtras",
+    "ReportModel",
+    "ReportResult",
+    "atomic_write",
+    "build_model",
+    "checkpoint_due",
+    "write_reports",
+]

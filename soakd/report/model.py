@@ -1,0 +1,230 @@
+"""The report's own frozen records: what one read of the run store yields.
+
+:func:`soakd.report.data.build_model` fills a :class:`ReportModel` once; the
+criteria, the JSON, the Markdown and the HTML writers only read it. Times are
+wall seconds, sizes bytes, latencies milliseconds, unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from soakd.rules.leak import LeakFit
+from soakd.stats import LatencySummary
+
+#: Version of report.json's layout. Bump the major part on any incompatible change.
+SCHEMA_VERSION = "1.0"
+
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One acceptance criterion and its verdict."""
+
+    key: str  # stable id: "duration", "memory_leak", "p99_drift", ...
+    name: str  # the plan's words
+    passed: bool
+    measured: float | None
+    threshold: float | None
+    unit: str
+    comparison: str  # how measured must relate to threshold to pass: ">=", "<=", "<", "=="
+    detail: str
+    source: str  # "plan" or "spec alert rule <name>"
+    applicable: bool = True  # False: not part of this spec (counts as passed, says so)
+
+
+@dataclass(frozen=True)
+class WorkloadLine:
+    """One ``workload:`` entry of the spec, for the summary."""
+
+    operation: str
+    rate_per_s: float | None
+    spaces: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Stretch:
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class LatencyPoint:
+    """Percentiles of one chart window (response time, ms)."""
+
+    t: float
+    p50: float
+    p99: float
+    p999: float
+    count: int
+
+
+@dataclass(frozen=True)
+class OpReport:
+    """Whole-run figures and chart series of one driven operation."""
+
+    op: str
+    target_rate: float | None
+    achieved_rate: float
+    count: int
+    ok: int
+    errors: Mapping[str, int]
+    dropped: int
+    late: int
+    covered_s: float  # sum of interval widths
+    latency: LatencySummary  # response time (from the intended send)
+    service: LatencySummary  # from the actual send
+    baseline: Stretch | None
+    baseline_p99_ms: float | None
+    baseline_count: int
+    last: Stretch | None
+    last_p99_ms: float | None
+    last_count: int
+    latency_series: tuple[LatencyPoint, ...] = ()
+    ok_rate_series: tuple[Point, ...] = ()
+    error_rate_series: tuple[Point, ...] = ()
+    drop_rate_series: tuple[Point, ...] = ()
+
+    @property
+    def drift_pct(self) -> float | None:
+        """Increase of the last stretch's P99 over the baseline's, percent."""
+        if self.baseline_p99_ms is None or self.last_p99_ms is None:
+            return None
+        if self.baseline_p99_ms <= 0.0:
+            return None
+        return (self.last_p99_ms - self.baseline_p99_ms) / self.baseline_p99_ms * 100.0
+
+    @property
+    def error_total(self) -> int:
+        return sum(self.errors.values())
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """The target's memory over the run, with the leak fit."""
+
+    samples: int
+    readable: int  # samples with an RSS reading
+    warmup_s: float
+    rss_mean: float | None  # after warm-up
+    rss_min: float | None
+    rss_max: float | None
+    rss_first: float | None
+    rss_last: float | None
+    rss_peak: float | None  # over the whole run, warm-up included
+    heap_first: float | None
+    heap_last: float | None
+    heap_peak: float | None
+    cpu_mean_pct: float | None
+    memories_last: int | None
+    fit: LeakFit | None
+    heap_fit: LeakFit | None
+    rss_series: tuple[Point, ...] = ()
+    heap_series: tuple[Point, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConsolidationReport:
+    configured: bool
+    expected_interval_s: float
+    tolerance_s: float
+    spaces_expected: int
+    spaces_seen: int  # spaces with at least one new generated_at
+    spaces_with_interval: int  # spaces with at least two (an interval)
+    runs_observed: int
+    intervals: int
+    interval_min_s: float | None
+    interval_p50_s: float | None
+    interval_max_s: float | None
+    interval_mean_s: float | None
+    interval_stdev_s: float | None
+    max_drift_s: float | None
+    within_tolerance: int
+    stalls: int  # stall events and the store's counter, whichever is larger
+    overdue_spaces: tuple[str, ...]  # no new run for > expected + tolerance at the end
+    series: tuple[Point, ...] = ()  # (t, interval_s), downsampled
+
+
+@dataclass(frozen=True)
+class Integrity:
+    checked: int
+    lost: int
+    corrupted: int
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    """An event of the run, sorted into a category for the timeline."""
+
+    t: float
+    kind: str
+    category: str  # "crash" | "restart" | "gap" | "other"
+    message: str
+    detail: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A stretch without samples (soakd away, or the sampler stalled)."""
+
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class AlertSegment:
+    """One alert instance in one state (pending or firing) from start to end."""
+
+    rule: str
+    labels: Mapping[str, str]
+    state: str
+    start: float
+    end: float | None  # None: still in that state at the report's end
+    value: float | None
+    summary: str
+
+
+@dataclass(frozen=True)
+class ReportModel:
+    """Everything the report says, read once from the run store."""
+
+    run_id: str
+    name: str
+    target_url: str
+    spec_fingerprint: str
+    status: str  # "completed" | "stopped" | "running"
+    started_at: float
+    ended_at: float | None
+    end: float  # the report's end: ended_at, or the last data for a live/killed run
+    generated_at: float
+    last_data_at: float | None
+    planned_s: float
+    workload: tuple[WorkloadLine, ...]
+    spaces: int
+    ops: tuple[OpReport, ...]
+    memory: MemoryReport
+    consolidation: ConsolidationReport
+    integrity: Integrity
+    events: tuple[TimelineEvent, ...]
+    gaps: tuple[Gap, ...]
+    alerts: tuple[AlertSegment, ...]
+    alerts_fired: Mapping[str, int]  # rule -> times it went to firing
+    stats_interval_s: float
+    warmup_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.end - self.started_at)
+
+    def op(self, name: str) -> OpReport | None:
+        return next((o for o in self.ops if o.op == name), None)
+
+    def count(self, category: str) -> int:
+        return sum(1 for e in self.events if e.category == category)

@@ -1,0 +1,375 @@
+"""Tests for soakd.sampler: /proc parsing, permission handling, cadence, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from soakd import sampler as sampler_module
+from soakd.clock import FakeClock, SystemClock
+from soakd.model import Event, Sample
+from soakd.sampler import Sampler, dir_size_bytes, read_heap_bytes, read_smaps_anonymous
+from soakd.target import ProcessId
+from soakd.testing import async_wait_for
+
+PID = 4242
+CREATE = 1_700_000_000.0
+
+STATUS = """\
+Name:\tengram
+State:\tS (sleeping)
+Pid:\t4242
+VmRSS:\t  204800 kB
+RssAnon:\t  153600 kB
+RssFile:\t   51200 kB
+Threads:\t9
+"""
+
+SMAPS_ROLLUP = """\
+55d0c0a00000-7ffd5b1f3000 ---p 00000000 00:00 0                          [rollup]
+Rss:              204800 kB
+Pss:              200000 kB
+Pss_Anon:         150000 kB
+Shared_Clean:       4096 kB
+Private_Dirty:    150000 kB
+Referenced:       204800 kB
+Anonymous:        143360 kB
+Swap:                  0 kB
+"""
+
+
+@dataclass(frozen=True)
+class Mem:
+    rss: int
+
+
+@dataclass(frozen=True)
+class FullMem:
+    uss: int
+
+
+@dataclass(frozen=True)
+class Cpu:
+    user: float
+    system: float
+
+
+@dataclass(frozen=True)
+class Io:
+    read_bytes: int
+    write_bytes: int
+
+
+class FakeProc:
+    """A psutil.Process stand-in; the readings named in ``deny`` raise AccessDenied."""
+
+    def __init__(self, create_time: float = CREATE, deny: tuple[str, ...] = ()) -> None:
+        self._create_time = create_time
+        self.deny = deny
+        self.uss_reads = 0
+
+    def _check(self, name: str) -> None:
+        if name in self.deny:
+            raise psutil.AccessDenied(PID)
+
+    def oneshot(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def create_time(self) -> float:
+        return self._create_time
+
+    def memory_info(self) -> Mem:
+        self._check("memory_info")
+        return Mem(rss=200 * 2**20)
+
+    def memory_full_info(self) -> FullMem:
+        self._check("memory_full_info")
+        self.uss_reads += 1
+        return FullMem(uss=140 * 2**20)
+
+    def cpu_times(self) -> Cpu:
+        self._check("cpu_times")
+        return Cpu(user=12.5, system=3.25)
+
+    def io_counters(self) -> Io:
+        self._check("io_counters")
+        return Io(read_bytes=1000, write_bytes=2000)
+
+    def num_fds(self) -> int:
+        self._check("num_fds")
+        return 17
+
+    def num_threads(self) -> int:
+        self._check("num_threads")
+        return 9
+
+
+@pytest.fixture
+def proc_root(tmp_path: Path) -> Path:
+    """A fake /proc with one process: 150 MiB anonymous (status), 140 MiB (smaps_rollup)."""
+    root = tmp_path / "proc"
+    (root / str(PID)).mkdir(parents=True)
+    (root / str(PID) / "status").write_text(STATUS)
+    (root / str(PID) / "smaps_rollup").write_text(SMAPS_ROLLUP)
+    return root
+
+
+def ignore(event: Event) -> None:
+    """An on_event that drops events."""
+
+
+def fake_sampler(
+    proc_root: Path,
+    fake: FakeProc,
+    events: list[Event],
+    clock: FakeClock | None = None,
+    **kw: object,
+) -> Sampler:
+    return Sampler(
+        lambda: ProcessId(PID, CREATE),
+        clock=clock or FakeClock(),
+        proc_root=proc_root,
+        on_event=events.append,
+        process_factory=lambda pid: fake,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_heap_is_rss_anon_from_status_in_bytes(proc_root: Path) -> None:
+    """Heap is the RssAnon: line of /proc/PID/status (kB) in bytes, when the kernel has it."""
+    assert read_heap_bytes(proc_root / str(PID)) == 153600 * 1024
+
+
+def test_heap_falls_back_to_smaps_rollup_anonymous(proc_root: Path) -> None:
+    """Without RssAnon (old kernels), heap is the Anonymous: line of smaps_rollup."""
+    status = proc_root / str(PID) / "status"
+    status.write_text(STATUS.replace("RssAnon", "Other"))
+    assert read_smaps_anonymous(proc_root / str(PID) / "smaps_rollup") == 143360 * 1024
+    assert read_heap_bytes(proc_root / str(PID)) == 143360 * 1024
+
+
+def test_heap_permission_denied_is_reported_once_and_the_rest_goes_on(
+    proc_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A /proc read refused with PermissionError is one permission event; heap None, rest read."""
+
+    def denied(proc_dir: Path) -> int | None:
+        raise PermissionError(13, "Permission denied", str(proc_dir / "status"))
+
+    monkeypatch.setattr(sampler_module, "read_heap_bytes", denied)
+    events: list[Event] = []
+    sampler = fake_sampler(proc_root, FakeProc(), events)
+    samples = [sampler.sample_once(float(i)) for i in range(3)]
+    assert [(e.kind, e.detail["reading"]) for e in events] == [
+        ("permission", "heap (/proc/PID/status RssAnon)")
+    ]
+    assert all(s.heap_bytes is None and s.rss_bytes == 200 * 2**20 for s in samples)
+
+
+def test_other_proc_read_errors_leave_the_field_empty(proc_root: Path) -> None:
+    """An odd /proc (status is a directory) gives heap None without an event or a crash."""
+    (proc_root / str(PID) / "status").unlink()
+    (proc_root / str(PID) / "status").mkdir()
+    events: list[Event] = []
+    s = fake_sampler(proc_root, FakeProc(), events).sample_once(1.0)
+    assert s.heap_bytes is None and s.rss_bytes == 200 * 2**20 and events == []
+
+
+def test_sample_reads_every_field_from_the_process(proc_root: Path) -> None:
+    """One tick fills every target field from the process and the fake /proc tree."""
+    events: list[Event] = []
+    s = fake_sampler(proc_root, FakeProc(), events).sample_once(123.0)
+    assert s == Sample(
+        t=123.0,
+        pid=PID,
+        rss_bytes=200 * 2**20,
+        heap_bytes=153600 * 1024,
+        uss_bytes=140 * 2**20,
+        cpu_user_s=12.5,
+        cpu_system_s=3.25,
+        read_bytes=1000,
+        write_bytes=2000,
+        num_fds=17,
+        num_threads=9,
+        self_rss_bytes=s.self_rss_bytes,
+        self_cpu_s=s.self_cpu_s,
+    )
+    assert s.self_rss_bytes is not None and s.self_rss_bytes > 0
+    assert events == []
+
+
+def test_access_denied_is_reported_once_per_reading_and_others_go_on(proc_root: Path) -> None:
+    """AccessDenied on io and USS: one permission event each, with the fix; the rest is read."""
+    events: list[Event] = []
+    fake = FakeProc(deny=("io_counters", "memory_full_info"))
+    sampler = fake_sampler(proc_root, fake, events, uss_interval_s=0.0)
+    samples = [sampler.sample_once(float(i)) for i in range(3)]
+    assert [e.kind for e in events] == ["permission", "permission"]
+    assert {e.detail["reading"] for e in events} == {
+        "I/O bytes (/proc/PID/io)",
+        "USS (memory_full_info)",
+    }
+    for e in events:
+        assert "CAP_SYS_PTRACE" in e.message and "target's user" in e.message
+    for s in samples:
+        assert s.read_bytes is None and s.write_bytes is None and s.uss_bytes is None
+        assert s.rss_bytes == 200 * 2**20 and s.heap_bytes == 153600 * 1024
+        assert s.cpu_user_s == 12.5 and s.num_fds == 17 and s.num_threads == 9
+
+
+def test_uss_is_read_only_every_uss_interval(proc_root: Path) -> None:
+    """USS (costly) is read on the first tick, then once per uss_interval_s."""
+    clock = FakeClock()
+    fake = FakeProc()
+    sampler = fake_sampler(proc_root, fake, [], clock, uss_interval_s=60.0)
+    got = []
+    for _ in range(121):
+        got.append(sampler.sample_once(clock.wall()).uss_bytes is not None)
+        clock.advance(1_000_000_000)
+    assert [i for i, g in enumerate(got) if g] == [0, 60, 120]
+    assert fake.uss_reads == 3
+
+
+def test_reused_pid_is_not_sampled_as_the_target(proc_root: Path) -> None:
+    """A process with the target's PID but another create time gives no readings."""
+    sampler = fake_sampler(proc_root, FakeProc(create_time=CREATE + 500), [])
+    s = sampler.sample_once(1.0)
+    assert s.pid == PID and s.rss_bytes is None and s.heap_bytes is None
+
+
+def test_target_down_still_samples_soakd_itself(tmp_path: Path) -> None:
+    """With no target, the sample has pid None, no target readings, and soakd's own RSS/CPU."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(b"x" * 10_000)
+    sampler = Sampler(lambda: None, clock=FakeClock(), on_event=ignore, data_dir=data)
+    s = sampler.sample_once(5.0)
+    assert s.pid is None and s.rss_bytes is None and s.cpu_user_s is None
+    assert s.self_rss_bytes is not None and s.self_rss_bytes > 0 and s.self_cpu_s is not None
+    assert s.data_dir_bytes is not None and s.data_dir_bytes >= 10_000
+
+
+def test_data_dir_size_is_cached_between_refreshes(tmp_path: Path) -> None:
+    """The data dir walk is repeated at most every 30 s; in between the cached size is used."""
+    data = tmp_path / "data"
+    (data / "space_01" / "wal").mkdir(parents=True)
+    (data / "space_01" / "wal" / "seg1").write_bytes(b"x" * 1_000_000)
+    clock = FakeClock()
+    sampler = Sampler(lambda: None, clock=clock, on_event=ignore, data_dir=data)
+    first = sampler.sample_once(0.0).data_dir_bytes
+    assert first is not None and first >= 1_000_000
+    (data / "space_01" / "wal" / "seg2").write_bytes(b"y" * 2_000_000)
+    clock.advance(29 * 10**9)
+    assert sampler.sample_once(29.0).data_dir_bytes == first
+    clock.advance(1 * 10**9)
+    second = sampler.sample_once(30.0).data_dir_bytes
+    assert second is not None and second >= first + 2_000_000
+
+
+def test_dir_size_of_missing_dir_is_none(tmp_path: Path) -> None:
+    """A data dir that does not exist has no size (None), not zero."""
+    assert dir_size_bytes(tmp_path / "nope") is None
+    (tmp_path / "empty").mkdir()
+    assert dir_size_bytes(tmp_path / "empty") == 0
+
+
+# --- real processes -------------------------------------------------------------------------
+
+ALLOCATOR = r"""
+import sys
+keep = []
+for line in sys.stdin:
+    n = int(line) * 2**20
+    b = bytearray(n)
+    b[::4096] = b"\x01" * len(range(0, n, 4096))  # touch every page so it is resident
+    keep.append(b)
+    print("done", flush=True)
+"""
+
+
+@pytest.fixture
+def allocator() -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ALLOCATOR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    yield proc
+    proc.kill()
+    proc.wait(10)
+
+
+def test_rss_and_heap_rise_when_a_real_child_allocates(
+    allocator: subprocess.Popen[str],
+) -> None:
+    """A real child allocating 200 MiB shows RSS and heap up by about that much."""
+    target = ProcessId(allocator.pid, psutil.Process(allocator.pid).create_time())
+    sampler = Sampler(lambda: target, clock=SystemClock(), on_event=ignore)
+    before = sampler.sample_once(0.0)
+    assert before.rss_bytes is not None and before.heap_bytes is not None
+    assert before.cpu_user_s is not None and before.num_threads == 1 and before.num_fds
+    assert allocator.stdin is not None and allocator.stdout is not None
+    allocator.stdin.write("200\n")
+    allocator.stdin.flush()
+    assert allocator.stdout.readline().strip() == "done"
+    after = sampler.sample_once(1.0)
+    assert after.rss_bytes is not None and after.heap_bytes is not None
+    assert after.rss_bytes - before.rss_bytes >= 180 * 2**20
+    assert after.heap_bytes - before.heap_bytes >= 180 * 2**20
+
+
+async def test_run_samples_on_schedule_with_loop_lag_and_memories(proc_root: Path) -> None:
+    """run() delivers samples with loop lag and the polled memories; events come on the loop."""
+    events: list[Event] = []
+    event_threads: set[int] = set()
+
+    def on_event(e: Event) -> None:
+        event_threads.add(threading.get_ident())
+        events.append(e)
+
+    async def memories() -> int | None:
+        return 42
+
+    sampler = Sampler(
+        lambda: ProcessId(PID, CREATE),
+        clock=SystemClock(),
+        interval_s=0.05,
+        proc_root=proc_root,
+        on_event=on_event,
+        process_factory=lambda pid: FakeProc(deny=("num_fds",)),
+        memories=memories,
+        memories_interval_s=0.05,
+    )
+    samples: list[Sample] = []
+    task = asyncio.create_task(sampler.run(samples.append))
+    try:
+        await async_wait_for(
+            lambda: sum(s.memories == 42 for s in samples) >= 3, 10, what="samples"
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert all(s.loop_lag_s is not None and s.loop_lag_s >= 0 for s in samples)
+    assert all(s.rss_bytes == 200 * 2**20 and s.num_fds is None for s in samples)
+    assert [e.kind for e in events] == ["permission"]
+    assert event_threads == {threading.get_ident()}  # emitted on the loop, not the worker
+    assert sampler.ticks >= 3
+
+
+def test_sample_of_a_process_that_exited_is_empty_not_an_error() -> None:
+    """Sampling a process that has gone gives a sample with the PID and no readings."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    target = ProcessId(proc.pid, psutil.Process(proc.pid).create_time())
+    proc.wait(10)
+    sampler = Sampler(lambda: target, clock=SystemClock(), on_event=ignore)
+    s = sampler.sample_once(0.0)
+    assert s.pid == proc.pid and s.rss_bytes is None and s.heap_bytes is None

@@ -5,7 +5,8 @@ not share the client's core), then, with uvloop, drives soakd's Scheduler + an
 aiohttp ClientSession GET + StatsHub.on_result (the daemon's real hot path) at
 each rate for ``--duration`` seconds and prints per rate: achieved/target, error
 %, schedule lag p50/p99/max (ms), dropped, late, client CPU seconds per 1000
-requests and the server's CPU share. It keeps raising the rate past the list
+requests, the server's CPU share and the arrivals scheduled (issued + dropped,
+which must equal rate x duration). It keeps raising the rate past the list
 until a rate is not held, then names the highest rate held within 0.5 % with
 lag p99 <= 5 ms.
 
@@ -80,15 +81,16 @@ class RateResult:
             f"| {err_pct:>5.2f} | {self.lag_p50_ms:>6.3f} | {self.lag_p99_ms:>6.3f} "
             f"| {self.lag_max_ms:>7.2f} | {self.resp_p99_ms:>7.2f} | {self.dropped:>7} "
             f"| {self.late:>6} | {self.cpu_s_per_1000:>6.4f} | {self.client_cpu_pct:>5.1f} "
-            f"| {self.server_cpu_pct:>5.1f} | {'yes' if self.held else 'NO':>4} |"
+            f"| {self.server_cpu_pct:>5.1f} | {self.issued + self.dropped:>7} "
+            f"| {'yes' if self.held else 'NO':>4} |"
         )
 
 
 HEADER = (
     "|   rate |  achieved |  ratio |  err% | lag50 | lag99 | lagmax | resp99 | dropped "
-    "|   late | cpu/1k | cli%  | srv%  | held |\n"
+    "|   late | cpu/1k | cli%  | srv%  | arrivals | held |\n"
     "|-------:|----------:|-------:|------:|------:|------:|-------:|-------:|--------:"
-    "|-------:|-------:|------:|------:|-----:|"
+    "|-------:|-------:|------:|------:|---------:|-----:|"
 )
 
 

@@ -105,6 +105,12 @@ class Daemon:
         self._watcher: ConsolidationWatcher | None = None
         self._last_sample: Sample | None = None
         self._adopted: ProcessId | None = None  # a launched target kept across a resume
+        # Per-space memory counts as Engram last reported them, and our ok
+        # stores per space (total, and at that report): together they tell
+        # whether a space is at Engram's capacity, where a 404 is an eviction.
+        self._space_counts: dict[str, int] = {}
+        self._stored: dict[str, int] = {}
+        self._stored_at_count: dict[str, int] = {}
 
     # -- intent ------------------------------------------------------------------------
 
@@ -267,6 +273,7 @@ class Daemon:
             sink=self._exporter.on_result,
             seed=spec.seed,
             on_event=self._emit,
+            at_capacity=self._at_capacity,
         )
         if spec.consolidation is not None:
             c = spec.consolidation
@@ -288,6 +295,9 @@ class Daemon:
             data_dir=Path(spec.target.data_dir) if spec.target.data_dir else None,
             on_event=self._emit,
             memories=self._memories,
+            # Often enough that a space reaching Engram's capacity is known
+            # before its evictions are read back (see _at_capacity).
+            memories_interval_s=2.0,
         )
         self.disk = DiskWatch(
             self.options.state_dir,
@@ -348,6 +358,7 @@ class Daemon:
         r = await self.client.store(req, intended_ns)
         self._record(r)
         if r.memory_id is not None:
+            self._stored[req.space] = self._stored.get(req.space, 0) + 1
             self.workload.confirm_stored(req.space, r.memory_id)
             self.integrity.on_result(r)
             if self._watcher is not None:
@@ -387,7 +398,15 @@ class Daemon:
         if counts is None:
             return None
         ours = set(self.workload.spaces)
-        return sum(n for space, n in counts.items() if space in ours)
+        self._space_counts = {s: n for s, n in counts.items() if s in ours}
+        self._stored_at_count = dict(self._stored)
+        return sum(self._space_counts.values())
+
+    def _at_capacity(self, space: str) -> bool:
+        """Whether ``space`` holds Engram's maximum (last count plus our stores since)."""
+        since = self._stored.get(space, 0) - self._stored_at_count.get(space, 0)
+        count = self._space_counts.get(space, 0) + since
+        return count >= self.spec.integrity.space_capacity
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -452,6 +471,8 @@ class Daemon:
             counters.get("integrity_checked", 0),
             counters.get("integrity_lost", 0),
             counters.get("integrity_corrupted", 0),
+            skipped=counters.get("integrity_skipped", 0),
+            evicted=counters.get("integrity_evicted", 0),
         )
         if self._watcher is not None and self.spec.consolidation is not None:
             window = 3 * (self.spec.consolidation.interval_s + self.spec.consolidation.tolerance_s)
@@ -526,6 +547,7 @@ class Daemon:
             integrity_lost=self.integrity.lost,
             integrity_corrupted=self.integrity.corrupted,
             integrity_skipped=self.integrity.skipped,
+            integrity_evicted=self.integrity.evicted,
             target_restarts=self.target.restarts,
             target_crashes=self.target.crashes,
         )

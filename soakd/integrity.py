@@ -8,7 +8,8 @@ of what was written is kept. Verdicts:
 
 - 200 with the exact content: checked;
 - 404 after the 201: a **lost** write (Engram's silent de-duplication does
-  this: engram-api.md §4);
+  this: engram-api.md §4), unless the space is at Engram's capacity, where a
+  404 is an **eviction** of the least-activated memory, counted apart;
 - 200 with different content, or a 200 that is not a memory: a **corrupted**
   read;
 - anything else (timeout, refused, 5xx): an **error**, neither lost nor
@@ -69,6 +70,7 @@ class IntegrityChecker:
         max_in_flight: int = 32,
         ids_kept: int = DEFAULT_IDS_KEPT,
         on_event: Callable[[Event], None] | None = None,
+        at_capacity: Callable[[str], bool] | None = None,
     ) -> None:
         self._client = client
         self._workload = workload
@@ -82,6 +84,7 @@ class IntegrityChecker:
         self._salt = f"{seed}:".encode()
         self._max_in_flight = max(1, max_in_flight)
         self._on_event = on_event
+        self._at_capacity = at_capacity
         self._queue: deque[PendingCheck] = deque()
         self._wake = asyncio.Event()
         self._in_flight = 0
@@ -90,6 +93,7 @@ class IntegrityChecker:
         self.corrupted = 0
         self.skipped = 0
         self.errors = 0
+        self.evicted = 0  # 404s in a space at Engram's capacity: evictions, not losses
         self._lost_ids: deque[str] = deque(maxlen=max(1, ids_kept))
         self._corrupted_ids: deque[str] = deque(maxlen=max(1, ids_kept))
         self._events_sent = {"integrity_lost_write": 0, "integrity_corrupted_read": 0}
@@ -115,11 +119,18 @@ class IntegrityChecker:
         return self._in_flight
 
     def restore(
-        self, checked: int, lost: int, corrupted: int, *, skipped: int = 0, errors: int = 0
+        self,
+        checked: int,
+        lost: int,
+        corrupted: int,
+        *,
+        skipped: int = 0,
+        errors: int = 0,
+        evicted: int = 0,
     ) -> None:
         """Carry the counts of a resumed run (the pending queue is not durable)."""
         self.checked, self.lost, self.corrupted = checked, lost, corrupted
-        self.skipped, self.errors = skipped, errors
+        self.skipped, self.errors, self.evicted = skipped, errors, evicted
 
     # -- intake ----------------------------------------------------------------
 
@@ -198,6 +209,11 @@ class IntegrityChecker:
             self._corrupt(item, "a 2xx answer that is not a memory")
         elif result.outcome is Outcome.HTTP_ERROR and result.status == 404:
             self.checked += 1
+            if self._at_capacity is not None and self._at_capacity(item.space):
+                # The space is full: Engram evicts its least-activated memory on
+                # every store, and a fresh one may be it. Not a lost write.
+                self.evicted += 1
+                return
             self.lost += 1
             self._lost_ids.append(item.memory_id)
             self._emit(

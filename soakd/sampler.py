@@ -230,6 +230,7 @@ class Sampler:
         self._self_proc = psutil.Process()
         self._reported: set[str] = set()
         self._memories: int | None = None
+        self._stuck: asyncio.Future[tuple[Sample, list[Event]]] | None = None
         self.ticks = 0
         self.skipped_ticks = 0
 
@@ -420,13 +421,18 @@ class Sampler:
             await asyncio.gather(*side, return_exceptions=True)
 
     async def _tick(self, lag_s: float, on_sample: Callable[[Sample], None]) -> None:
+        if self._stuck is not None and not self._stuck.done():
+            self.skipped_ticks += 1  # an abandoned read still holds the worker: no second one
+            return
         now_wall = self._clock.wall()
         job = asyncio.ensure_future(asyncio.to_thread(self._sample, now_wall))
         try:
             sample, events = await asyncio.wait_for(asyncio.shield(job), TICK_TIMEOUT_S)
         except TimeoutError:
             log.warning("sampler tick took too long; abandoned", timeout_s=TICK_TIMEOUT_S)
-            job.add_done_callback(lambda f: f.exception())  # the thread ends on its own
+            self._stuck = job
+            job.add_done_callback(lambda f: f.cancelled() or f.exception())  # ends on its own
+            self.skipped_ticks += 1
             return
         for event in events:
             self._emit(event)

@@ -127,17 +127,24 @@ def url_port(url: str) -> int:
 
 
 def is_local_host(host: str | None) -> bool:
-    """True if ``host`` is this machine (loopback, unspecified, or one of its addresses)."""
-    if not host or host == "localhost":
+    """True if ``host`` is this machine (loopback, unspecified, or one of its addresses).
+
+    Blocking: a host name is resolved (run it in a thread).
+    """
+    if not host or host in ("localhost", socket.gethostname()):
         return True
     try:
-        addr = ipaddress.ip_address(host)
+        addrs = {ipaddress.ip_address(host)}
     except ValueError:
-        return host in (socket.gethostname(), socket.getfqdn())
-    if addr.is_loopback or addr.is_unspecified:
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except OSError:
+            return False
+        addrs = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+    if any(a.is_loopback or a.is_unspecified for a in addrs):
         return True
-    own = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
-    return str(addr) in own
+    own = {a.address.split("%")[0] for nic in psutil.net_if_addrs().values() for a in nic}
+    return any(str(a) in own for a in addrs)
 
 
 @dataclass(frozen=True)
@@ -314,7 +321,7 @@ class Target:
         self._table: ProcessTable = table or PsutilTable()
         self._proc_root = proc_root
         self._port = url_port(spec.url)
-        self._local = is_local_host(urlsplit(spec.url).hostname)
+        self._local: bool | None = None  # is the URL's host this machine? (resolved lazily)
         self._popen: subprocess.Popen[bytes] | None = None
         self._current: ProcessId | None = None
         self._last: ProcessId | None = None  # the process that died, while down
@@ -387,7 +394,7 @@ class Target:
         Engram silently moves to port+1 when its port is busy, so launching anyway
         would soak whatever already listens there instead of the new process.
         """
-        if not self._local:
+        if not await self._url_is_local():
             return
         holder = await asyncio.to_thread(listener_pid, self._port, self._proc_root)
         if holder is not None:
@@ -446,9 +453,15 @@ class Target:
 
     async def _find_by_url(self) -> ProcessId | None:
         """Whatever listens on the URL's port here, else Engram's PID file if its port matches."""
-        if not self._local:
+        if not await self._url_is_local():
             return None
         return await asyncio.to_thread(self._find_by_url_blocking)
+
+    async def _url_is_local(self) -> bool:
+        if self._local is None:
+            host = urlsplit(self._spec.url).hostname
+            self._local = await asyncio.to_thread(is_local_host, host)
+        return self._local
 
     def _find_by_url_blocking(self) -> ProcessId | None:
         pid = listener_pid(self._port, self._proc_root)

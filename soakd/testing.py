@@ -70,6 +70,7 @@ def soak_spec(
     spaces: int = 4,
     consolidation_interval: str | None = "2s",
     knobs: Sequence[str] = (),
+    capacity: int | None = None,
     extra: str = "",
     alerts: Sequence[str] = (
         'memory_leak: "RSS increases >10% per day"',
@@ -93,19 +94,24 @@ def soak_spec(
         )
         command += ["--consolidation-interval", consolidation_interval]
     command += list(knobs)
+    integrity = "integrity: {sample_fraction: 0.2, delay: 1s"
+    if capacity is not None:
+        # A small per-space cap makes the dataset flat within seconds; soakd is
+        # told, so that a 404 in a full space counts as an eviction.
+        command += ["--capacity", str(capacity)]
+        integrity += f", space_capacity: {capacity}"
     lines = [
         "name: e2e",
         "seed: 7",
         f"duration: {duration}",
         "workload:",
         *[w for w in workload if w],
-        "alerts:",
-        *[f"  - {a}" for a in alerts],
+        *(["alerts:", *[f"  - {a}" for a in alerts]] if alerts else []),
         "target:",
         f"  url: http://127.0.0.1:{port}",
         f"  command: {json.dumps(command)}",
         "exporter: {listen: '127.0.0.1:0'}",
-        "integrity: {sample_fraction: 0.2, delay: 1s}",
+        integrity + "}",
         extra,
     ]
     return "\n".join(lines) + "\n"

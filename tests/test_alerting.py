@@ -231,7 +231,10 @@ async def test_429_retry_after_is_honoured(tmp_path: Path, sink: Sink) -> None:
     _submit(d, _alert("crash", 1000.0, AlertState.FIRING))
     await async_wait_for(lambda: d.status()[0].failures == 1, what="first attempt refused")
     assert d.status()[0].next_attempt_in_s == pytest.approx(30.0)
+    await async_wait_for(lambda: clock.sleepers >= 1, what="delivery loop parked")
     clock.advance(29_000_000_000)
+    # the loop wakes, finds the backoff not over, and parks again without sending
+    await async_wait_for(lambda: clock.sleepers >= 1, what="delivery loop parked again")
     assert d.status()[0].pending == 1 and len(sink.requests) == 1
     clock.advance(2_000_000_000)
     await async_wait_for(lambda: d.status()[0].pending == 0, what="delivered after Retry-After")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,8 +71,14 @@ def test_clean_short_run_passes_everything_but_duration(tmp_path: Path) -> None:
     passed, _, _ = _report(tmp_path, SHORT)
     assert passed.pop("duration") is False
     assert passed == dict.fromkeys(passed, True), passed
-    assert set(passed) >= {"memory_leak", "p99_drift", "consolidation_cadence", "crashes",
-                           "data_corruption", "alert:performance_degradation"}  # fmt: skip
+    assert set(passed) >= {
+        "memory_leak",
+        "p99_drift",
+        "consolidation_cadence",
+        "crashes",
+        "data_corruption",
+        "alert:performance_degradation",
+    }
 
 
 @pytest.mark.parametrize(
@@ -153,9 +160,25 @@ def test_report_json_schema(tmp_path: Path) -> None:
     result = write_reports(store, spec, tmp_path / "out", now=SHORT.started_at + 1800.0)
     text = result.paths[0].read_text()
     doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
-    for key in ("schema_version", "run_id", "started_at", "ended_at", "duration_s", "status",
-                "verdict", "criteria", "operations", "consolidation", "integrity", "alerts",
-                "events", "memory", "workload", "progress", "go_no_go"):  # fmt: skip
+    for key in (
+        "schema_version",
+        "run_id",
+        "started_at",
+        "ended_at",
+        "duration_s",
+        "status",
+        "verdict",
+        "criteria",
+        "operations",
+        "consolidation",
+        "integrity",
+        "alerts",
+        "events",
+        "memory",
+        "workload",
+        "progress",
+        "go_no_go",
+    ):
         assert key in doc, key
     assert doc["verdict"] in ("pass", "fail")
     assert doc["status"] in ("completed", "stopped", "running")
@@ -169,8 +192,13 @@ def test_report_json_schema(tmp_path: Path) -> None:
         assert set(o["service_ms"]) >= {"p50", "p95", "p99", "p999", "max"}
     assert doc["operations"]["spread"]["errors"].get("http_500", 0) > 0
     cons = doc["consolidation"]
-    assert set(cons) >= {"expected_interval_s", "runs_observed", "intervals_s", "max_drift_s",
-                         "stalls"}  # fmt: skip
+    assert set(cons) >= {
+        "expected_interval_s",
+        "runs_observed",
+        "intervals_s",
+        "max_drift_s",
+        "stalls",
+    }
     assert set(cons["intervals_s"]) >= {"min", "p50", "max"}
     assert doc["integrity"] == {"checked": 5000, "lost": 0, "corrupted": 0}
     assert doc["alerts"]["fired"] == {"performance_degradation": 1}
@@ -178,8 +206,11 @@ def test_report_json_schema(tmp_path: Path) -> None:
     assert {"target_crash", "target_restart"} <= kinds
     assert doc["progress"]["line"] == "Soak test: 0.5/168 hours complete"
     assert [i["item"] for i in doc["go_no_go"]["items"]] == [
-        "168+ hours operation", "Zero memory leaks", "Performance stable", "Zero crashes"
-    ]  # fmt: skip
+        "168+ hours operation",
+        "Zero memory leaks",
+        "Performance stable",
+        "Zero crashes",
+    ]
 
 
 def test_markdown_follows_the_plan_template(tmp_path: Path) -> None:
@@ -187,13 +218,26 @@ def test_markdown_follows_the_plan_template(tmp_path: Path) -> None:
     store, spec = make_run(tmp_path / "state", SHORT)
     write_reports(store, spec, tmp_path / "out", now=SHORT.started_at + 1800.0)
     md = (tmp_path / "out" / "report.md").read_text()
-    order = ["# Soak Test Report (30-Minute)", "## Summary", "- Duration:", "- Workload: 100 "
-             "stores/sec, 50 recalls/sec, 20 spreads/sec", "- Spaces: 10 concurrent memory "
-             "spaces", "- Consolidation:", "## Results", "- **Memory**", "- **Performance**",
-             "- **Consolidation**", "- **Errors**: 0 crashes, 0 data corruption events",
-             "## Memory Analysis", "### Production Soak Testing", "- [ ] 168+ hours operation",
-             "- [x] Zero memory leaks", "- [ ] Soak test: 0.5/168 hours complete",
-             "## Conclusion", "❌ FAIL - 168+ hours continuous operation"]  # fmt: skip
+    order = [
+        "# Soak Test Report (30-Minute)",
+        "## Summary",
+        "- Duration:",
+        "- Workload: 100 stores/sec, 50 recalls/sec, 20 spreads/sec",
+        "- Spaces: 10 concurrent memory spaces",
+        "- Consolidation:",
+        "## Results",
+        "- **Memory**",
+        "- **Performance**",
+        "- **Consolidation**",
+        "- **Errors**: 0 crashes, 0 data corruption events",
+        "## Memory Analysis",
+        "### Production Soak Testing",
+        "- [ ] 168+ hours operation",
+        "- [x] Zero memory leaks",
+        "- [ ] Soak test: 0.5/168 hours complete",
+        "## Conclusion",
+        "❌ FAIL - 168+ hours continuous operation",
+    ]
     positions = [md.index(s) for s in order]
     assert positions == sorted(positions)
 
@@ -229,8 +273,9 @@ def test_gap_in_samples_is_reported(tmp_path: Path) -> None:
     store, spec = make_run(tmp_path / "state", SHORT)
     t = SHORT.started_at + SHORT.duration_s
     later = t + 600.0
-    store.write(Batch(samples=[Sample(t=later + i, pid=4242, rss_bytes=1_200_000_000)
-                               for i in range(5)]))  # fmt: skip
+    store.write(
+        Batch(samples=[Sample(t=later + i, pid=4242, rss_bytes=1_200_000_000) for i in range(5)])
+    )
     store.set_status("completed", later + 5)
     model = build_model(store, spec, now=later + 10)
     assert [round(g.seconds) for g in model.gaps] == [601]
@@ -270,7 +315,7 @@ def test_atomic_write_removes_temp_file_when_the_write_fails(
     def fail_fsync(_fd: int) -> None:
         raise OSError("disk gone")
 
-    monkeypatch.setattr(writer.os, "fsync", fail_fsync)
+    monkeypatch.setattr(os, "fsync", fail_fsync)
     with pytest.raises(OSError, match="disk gone"):
         writer.atomic_write(target, "new")
     assert target.read_text() == "old"
@@ -281,11 +326,14 @@ def test_checkpoint_basename_and_kind(tmp_path: Path) -> None:
     """A checkpoint report is written under its own name and says it is a checkpoint."""
     store, spec = make_run(tmp_path / "state", replace(SHORT, ended=False))
     out = tmp_path / "state" / "checkpoints"
-    res = write_reports(store, spec, out, now=SHORT.started_at + 900.0,
-                        basename="checkpoint-midpoint")  # fmt: skip
+    res = write_reports(
+        store, spec, out, now=SHORT.started_at + 900.0, basename="checkpoint-midpoint"
+    )
     assert [p.name for p in res.paths] == [
-        "checkpoint-midpoint.json", "checkpoint-midpoint.md", "checkpoint-midpoint.html"
-    ]  # fmt: skip
+        "checkpoint-midpoint.json",
+        "checkpoint-midpoint.md",
+        "checkpoint-midpoint.html",
+    ]
     assert json.loads(res.paths[0].read_text())["kind"] == "midpoint"
     assert "checkpoint midpoint" in res.paths[1].read_text()
 

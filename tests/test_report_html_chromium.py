@@ -25,17 +25,26 @@ CHART_IDS = (
     "chart-alerts",
     "chart-restarts",
 )
-DEMO = Knobs(duration_s=3600.0, crashes=1, alerts=True, p99_growth_pct=25.0,
-             leak_pct_per_day=30.0)  # fmt: skip
+DEMO = Knobs(duration_s=3600.0, crashes=1, alerts=True, p99_growth_pct=25.0, leak_pct_per_day=30.0)
 
 
 def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0",
-        f"--user-data-dir={profile}", *args,
-    ]  # fmt: skip
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=150, check=False)
 
 
@@ -73,8 +82,13 @@ def test_charts_render_without_script_errors(report_html: Path, tmp_path: Path) 
 def test_screenshot_is_a_drawn_page(report_html: Path, tmp_path: Path) -> None:
     """A full-page screenshot is written (what docs/report-screenshot.png is made from)."""
     png = tmp_path / "shot.png"
-    proc = _chromium(tmp_path / "profile", f"--screenshot={png}", "--window-size=1280,2400",
-                     "--hide-scrollbars", report_html.as_uri())  # fmt: skip
+    proc = _chromium(
+        tmp_path / "profile",
+        f"--screenshot={png}",
+        "--window-size=1280,2400",
+        "--hide-scrollbars",
+        report_html.as_uri(),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -41,8 +41,12 @@ def test_checkpoint_due_in_order_and_once() -> None:
     assert checkpoint_due(T0, WEEK, T0 + DAY, []) == "day-1"
     assert checkpoint_due(T0, WEEK, T0 + DAY + 5, ["day-1"]) is None
     assert checkpoint_due(T0, WEEK, T0 + 3 * DAY, ["day-1", "day-2"]) == "midpoint"
-    assert checkpoint_due(T0, WEEK, T0 + WEEK, ["day-1", "day-2", "midpoint", "day-4", "day-5",
-                                                "day-6"]) is None  # fmt: skip
+    assert (
+        checkpoint_due(
+            T0, WEEK, T0 + WEEK, ["day-1", "day-2", "midpoint", "day-4", "day-5", "day-6"]
+        )
+        is None
+    )
 
 
 def test_checkpoint_after_a_pause_skips_stale_days() -> None:
@@ -147,8 +151,17 @@ def test_merger_rejects_garbage() -> None:
 def test_chart_svg_is_well_formed_with_data() -> None:
     """A rendered chart is valid XML with one data path per series and log ticks."""
     pts = [(T0 + i * 60.0, 1.0 + i % 7) for i in range(100)]
-    svg = render(Chart("c1", "t <&>", "ms", T0, T0 + 6000.0,
-                       [Series("P99", pts, "#000"), Series("empty", [], "#111")], y_log=True))  # fmt: skip
+    svg = render(
+        Chart(
+            "c1",
+            "t <&>",
+            "ms",
+            T0,
+            T0 + 6000.0,
+            [Series("P99", pts, "#000"), Series("empty", [], "#111")],
+            y_log=True,
+        )
+    )
     root = ET.fromstring(svg)
     ns = "{http://www.w3.org/2000/svg}"
     paths = root.findall(f"{ns}path")

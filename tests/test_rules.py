@@ -184,6 +184,19 @@ def test_leak_quiet_on_warmup_growth_that_levels_off() -> None:
     assert not result.active, result.summary
 
 
+def test_leak_quiet_on_five_minute_metrics_window() -> None:
+    """RSS that climbs for 5 minutes (Engram's metrics window filling) then levels is quiet."""
+    samples = rss_samples(
+        600.0,
+        1.0,
+        lambda e: 60 * MB + 15_000 * min(e, 300.0),
+        memories=lambda e: 3000,
+        noise_bytes=0.1 * MB,
+    )
+    (result,) = evaluate_rule(LEAK, inputs(600.0, samples=samples))
+    assert not result.active, result.summary
+
+
 def test_leak_short_run_fires_on_fast_leak() -> None:
     """A 10-minute run with 100 KB/s of growth on a flat dataset fires."""
     samples = rss_samples(
@@ -217,26 +230,32 @@ def test_leak_quiet_while_dataset_fills() -> None:
     assert 3000 < float(result.detail["marginal_bytes_per_memory"]) < 5000  # type: ignore[arg-type]
 
 
+FILL_S = 700.0  # fills past the 5-min leak warm-up and into the 10-min leak window, then flat
+
+
 def _fill_then(rss_after: Callable[[float], float]) -> list[Sample]:
     def mem(e: float) -> int:
-        return int(min(100 * e, 20_000))
+        return int(min(100 * e, 100 * FILL_S))
 
     def rss(e: float) -> float:
-        return 80 * MB + 4000 * mem(e) + (rss_after(e - 200) if e > 200 else 0.0)
+        return 80 * MB + 4000 * mem(e) + (rss_after(e - FILL_S) if e > FILL_S else 0.0)
 
-    return rss_samples(600.0, 1.0, rss, memories=mem, noise_bytes=0.2 * MB)
+    return rss_samples(1200.0, 1.0, rss, memories=mem, noise_bytes=0.2 * MB)
 
 
 def test_leak_quiet_when_dataset_fills_then_flattens() -> None:
     """RSS that follows a filling dataset and then flattens with it does not fire."""
-    (result,) = evaluate_rule(LEAK, inputs(600.0, samples=_fill_then(lambda e: 0.0)))
+    (result,) = evaluate_rule(
+        LEAK, inputs(1200.0, planned_s=1200.0, samples=_fill_then(lambda e: 0.0))
+    )
     assert not result.active, result.summary
     assert result.detail["judged"] == "after_flat"
 
 
 def test_leak_fires_on_growth_after_dataset_is_full() -> None:
     """Growth that goes on once the memory count is flat is judged, and fires."""
-    (result,) = evaluate_rule(LEAK, inputs(600.0, samples=_fill_then(lambda e: 50_000 * e)))
+    samples = _fill_then(lambda e: 50_000 * e)
+    (result,) = evaluate_rule(LEAK, inputs(1200.0, planned_s=1200.0, samples=samples))
     assert result.active, result.summary
     assert result.detail["judged"] == "after_flat"
     assert result.detail["flat_since"] is not None
@@ -259,7 +278,7 @@ def test_leak_fit_reports_data_figures() -> None:
     """leak_fit gives bytes per memory, the flat point and growth after it for the report."""
     fit = leak_fit(_fill_then(lambda e: 0.0), 60.0, min_span_s=60.0)
     assert fit.data_growing
-    assert fit.flat_since is not None and abs(fit.flat_since - (T0 + 200)) < 5
+    assert fit.flat_since is not None and abs(fit.flat_since - (T0 + FILL_S)) < 5
     assert fit.bytes_per_memory is not None and fit.bytes_per_memory > 4000
     assert fit.growth_after_flat_pct_per_day is not None
     assert fit.judged == "after_flat"
@@ -281,6 +300,21 @@ def test_perf_degradation_fires_for_the_drifting_operation_only() -> None:
     assert results["store"].active, results["store"].summary
     assert not results["recall"].active, results["recall"].summary
     assert results["store"].value is not None and 40 < results["store"].value < 60
+
+
+def test_perf_degradation_ignores_a_burst_in_one_part_of_the_window() -> None:
+    """A tail burst in one stretch of the window (a busy machine) does not fire; drift does."""
+    steady = latency_records(Op.STORE, 600, lambda e: 10.0)
+    burst = [record(Op.STORE, T0 + t, 10, [30.0] * 100) for t in (560, 570)]
+    recs = {
+        Op.STORE: sorted(
+            [r for r in steady if r.start not in (T0 + 560, T0 + 570)] + burst,
+            key=lambda r: r.start,
+        )
+    }
+    (r,) = evaluate_rule(PERF, inputs(600, intervals=recs))
+    assert not r.active, r.summary
+    assert r.value is not None and r.value > 20  # the window's P99 alone would have fired
 
 
 def test_perf_degradation_needs_samples_and_resolves() -> None:

@@ -373,3 +373,66 @@ def test_sample_of_a_process_that_exited_is_empty_not_an_error() -> None:
     sampler = Sampler(lambda: target, clock=SystemClock(), on_event=ignore)
     s = sampler.sample_once(0.0)
     assert s.pid == proc.pid and s.rss_bytes is None and s.heap_bytes is None
+
+
+class StuckProc(FakeProc):
+    """A process whose RSS read hangs until the test releases it (a /proc read stuck in D state)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def memory_info(self) -> Mem:
+        self.release.wait(30)
+        return super().memory_info()
+
+
+async def test_a_stuck_tick_is_abandoned_and_later_ticks_skipped_until_it_ends(
+    proc_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick stuck past its timeout is abandoned; no second read starts until it finishes."""
+    monkeypatch.setattr(sampler_module, "TICK_TIMEOUT_S", 0.1)
+    stuck = StuckProc()
+    sampler = Sampler(
+        lambda: ProcessId(PID, CREATE),
+        clock=SystemClock(),
+        interval_s=0.02,
+        proc_root=proc_root,
+        on_event=ignore,
+        process_factory=lambda pid: stuck,
+    )
+    samples: list[Sample] = []
+    task = asyncio.create_task(sampler.run(samples.append))
+    try:
+        await async_wait_for(lambda: sampler.skipped_ticks >= 5, 10, what="skipped ticks")
+        assert samples == [] and sampler.ticks == 0
+        stuck.release.set()
+        await async_wait_for(lambda: len(samples) >= 2, 10, what="samples after release")
+    finally:
+        stuck.release.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert all(s.rss_bytes == 200 * 2**20 for s in samples)
+
+
+async def test_run_measures_the_data_dir_in_the_background(tmp_path: Path) -> None:
+    """Under run(), the data dir's size arrives in samples from a walk done off the tick."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "seg").write_bytes(b"x" * 100_000)
+    sampler = Sampler(
+        lambda: None, clock=SystemClock(), interval_s=0.02, on_event=ignore, data_dir=data
+    )
+    samples: list[Sample] = []
+    task = asyncio.create_task(sampler.run(samples.append))
+    try:
+        await async_wait_for(
+            lambda: any(s.data_dir_bytes for s in samples), 10, what="data dir size"
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    sizes = [s.data_dir_bytes for s in samples if s.data_dir_bytes is not None]
+    assert sizes and min(sizes) >= 100_000

@@ -35,8 +35,12 @@ def _info() -> RunInfo:
 def test_round_trip_of_every_record_kind(tmp_path: Path) -> None:
     """Everything written in a batch reads back equal after the store is reopened."""
     store = RunStore.create(tmp_path, _info())
-    sample = Sample(t=1001.0, pid=42, rss_bytes=123, heap_bytes=45, cpu_user_s=1.5, loop_lag_s=0.001)
-    interval = IntervalRecord(Op.STORE, 1000.0, 1010.0, 5, 4, {"http_500": 1}, 0, 1, b"r", b"s", b"l")
+    sample = Sample(
+        t=1001.0, pid=42, rss_bytes=123, heap_bytes=45, cpu_user_s=1.5, loop_lag_s=0.001
+    )
+    interval = IntervalRecord(
+        Op.STORE, 1000.0, 1010.0, 5, 4, {"http_500": 1}, 0, 1, b"r", b"s", b"l"
+    )
     run = ConsolidationRun("space_01", 1002.0, "2026-01-01T00:00:00Z", 1767225600.0, 60.5)
     event = Event(1003.0, "target_crash", "died", {"signal": 9})
     alert = Alert("crash", {"alertname": "crash"}, AlertState.FIRING, 1004.0, 1.0, "crashed")

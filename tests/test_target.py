@@ -19,6 +19,7 @@ import pytest
 from soakd.clock import SystemClock
 from soakd.errors import StartupError
 from soakd.model import Event
+from soakd.sampler import Sampler
 from soakd.spec.model import RestartPolicy, TargetSpec
 from soakd.target import (
     PidFile,
@@ -26,6 +27,7 @@ from soakd.target import (
     PsutilTable,
     Target,
     guess_data_dir,
+    is_local_host,
     listener_pid,
     process_from_pid_file,
     read_pid_file,
@@ -634,11 +636,15 @@ async def test_reference_target_owned_is_restarted_after_sigkill(tmp_path: Path)
         assert crash.detail["signal"] == 9 and crash.t - killed_at <= 1.0 + KILL_SLACK_S
         assert restart.detail["healthy"] is True and restart.detail["pid"] != first.pid
         assert await health_alive(url)()
+        sampler = Sampler(lambda: target.current, clock=SystemClock(), on_event=rec)
+        sample = await asyncio.to_thread(sampler.sample_once, time.time())
+        assert sample.pid == restart.detail["pid"] and sample.rss_bytes and sample.heap_bytes
     finally:
         watcher.cancel()
         assert await target.stop(10) is not None
 
 
+@pytest.mark.slow
 async def test_reference_target_restarted_elsewhere_is_followed(tmp_path: Path) -> None:
     """The reference server, killed and restarted by someone else, is followed via its PID file."""
     from soakd.reference.harness import start_reference_async
@@ -688,3 +694,11 @@ def test_guess_data_dir_reads_the_targets_env_and_cwd(tmp_path: Path, children: 
     assert plain_id is not None and custom_id is not None
     assert guess_data_dir(plain_id) == tmp_path / "engram-data"
     assert guess_data_dir(custom_id) == tmp_path / "custom"
+
+
+def test_is_local_host() -> None:
+    """Loopback, unspecified and this machine's own addresses are local; others are not."""
+    for host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", None, socket.gethostname()):
+        assert is_local_host(host), host
+    for host in ("192.0.2.10", "no-such-host.invalid"):
+        assert not is_local_host(host), host

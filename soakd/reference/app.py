@@ -25,6 +25,7 @@ from soakd.reference.faults import Faults
 from soakd.reference.metrics import MetricsWindow
 from soakd.reference.parsing import (
     DEFAULT_SPACE,
+    as_numbers,
     check_embedding,
     check_space_id,
     field_embedding,
@@ -40,6 +41,7 @@ from soakd.reference.parsing import (
 from soakd.reference.registry import SpaceRegistry
 from soakd.reference.space import Memory, StoreResult
 from soakd.reference.spread import QueryError, parse_query, spread
+from soakd.reference.vectors import F32
 
 MAX_CONTENT_BYTES = 100_000
 VIVID_ABOVE = 0.7
@@ -347,14 +349,12 @@ _SERIES = {
 }
 
 
-def _parse_embedding(raw: str) -> list[float]:
+def _parse_embedding(raw: str) -> F32:
     try:
-        values = json.loads(raw)
+        values = as_numbers(json.loads(raw))
     except ValueError:
         values = None
-    if not isinstance(values, list) or not all(
-        isinstance(x, int | float) and not isinstance(x, bool) for x in values
-    ):
+    if values is None:
         raise Rejection(
             engram_error(
                 400,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import random
@@ -23,8 +24,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _API_LINE = re.compile(r"^ HTTP API: http://(?P<host>[^\s:]+):(?P<port>\d+)\s*$")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -213,3 +215,41 @@ def unit_embedding(seed: int, dim: int = 768, digits: int = 6) -> list[float]:
     values = [rng.gauss(0.0, 1.0) for _ in range(dim)]
     norm = math.sqrt(math.fsum(v * v for v in values)) or 1.0
     return [float(f"{v / norm:.{digits}g}") for v in values]
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    """A response read by :func:`http`."""
+
+    status: int
+    content_type: str
+    text: str
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.text)
+
+
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 10.0,
+) -> HttpResult:
+    """A small blocking HTTP call (JSON body if given); error statuses are returned, not raised."""
+    data = json.dumps(body).encode() if body is not None else None
+    hdrs = {"Content-Type": "application/json"} if body is not None else {}
+    hdrs.update(headers or {})
+    request = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            return _result(resp.status, resp.headers, resp.read())
+    except urllib.error.HTTPError as exc:
+        return _result(exc.code, exc.headers, exc.read())
+
+
+def _result(status: int, headers: Any, raw: bytes) -> HttpResult:
+    ctype = (headers.get("Content-Type") or "").split(";")[0].strip()
+    return HttpResult(int(status), ctype, raw.decode("utf-8", "replace"), dict(headers.items()))

@@ -60,10 +60,10 @@ class MetricsWindow:
             "export": {"exported": self.exported, "dropped": 0, "queue_depth": 0},
         }
 
-    def prometheus_text(self, gauges: dict[str, float]) -> str:
+    def prometheus_text(self, gauges: dict[str, float], now: float | None = None) -> str:
         """The /metrics/prometheus exposition of the 5-minute window."""
         lines: list[str] = []
-        for name, s in sorted(self.window(WINDOW_S).items()):
+        for name, s in sorted(self.window(WINDOW_S, now).items()):
             metric = f"engram_{name}"
             if name.endswith("_total"):
                 lines += [

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from soakd.reference.space import Memory, MemorySpace
 
-FORMAT = 2
+FORMAT = 3
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ class MemorySpace:
         self,
         memory_id: str,
         content: str,
-        embedding: list[float] | None,
+        embedding: list[float] | F32 | None,
         confidence: float,
         observed_at: float,
     ) -> RememberOutcome:
@@ -250,7 +250,7 @@ class MemorySpace:
     # -- recall -----------------------------------------------------------------------------
 
     def recall_embedding(
-        self, embedding: list[float], threshold: float, limit: int
+        self, embedding: list[float] | F32, threshold: float, limit: int
     ) -> list[tuple[Memory, float]]:
         """Memories with cosine >= threshold to ``embedding``, best first."""
         hits = self.vectors.search(normalise(embedding), threshold, limit)

@@ -36,7 +36,6 @@ _PLANES_SEED = 20251121  # fixed: persisted codes must stay comparable across re
 _planes = (
     np.random.default_rng(_PLANES_SEED).standard_normal((2 * STAGE_BITS, DIM)).astype(np.float32)
 )
-_bit_weights = (np.uint64(1) << np.arange(64, dtype=np.uint64)).astype(np.uint64)
 
 A = TypeVar("A", bound=npt.NDArray[Any])
 F32 = npt.NDArray[np.float32]
@@ -55,8 +54,7 @@ def normalise(values: list[float] | F32) -> F32:
 def sign_code(unit: F32) -> U64:
     """The 512-bit SimHash of a vector, as 8 uint64 words (stage 1, then stage 2)."""
     bits = (_planes @ unit) > 0.0
-    words = bits.reshape(2 * STAGE_WORDS, 64).astype(np.uint64) * _bit_weights
-    return np.asarray(words.sum(axis=1, dtype=np.uint64), dtype=np.uint64)
+    return np.packbits(bits, bitorder="little").view(np.uint64)
 
 
 def hamming_cutoff(threshold: float, bits: int, sigmas: float) -> int:

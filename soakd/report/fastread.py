@@ -88,10 +88,19 @@ def interval_rows(
     except sqlite3.Error as exc:
         raise FastReadError(str(exc)) from exc
     return [
-        (float(r[0]), float(r[1]), int(r[2]), int(r[3]), _errors(r[4]), int(r[5]), int(r[6]),
-         bytes(r[7]), bytes(r[8]))
+        (
+            float(r[0]),
+            float(r[1]),
+            int(r[2]),
+            int(r[3]),
+            _errors(r[4]),
+            int(r[5]),
+            int(r[6]),
+            bytes(r[7]),
+            bytes(r[8]),
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
 
 
 def sample_row(s: Sample) -> SampleRow:
@@ -101,5 +110,14 @@ def sample_row(s: Sample) -> SampleRow:
 
 def interval_row(r: IntervalRecord) -> IntervalRow:
     """The protocol path's equivalent of one :data:`IntervalRow`."""
-    return (r.start, r.end, r.count, r.ok, r.errors, r.dropped, r.late, r.response_hist,
-            r.service_hist)  # fmt: skip
+    return (
+        r.start,
+        r.end,
+        r.count,
+        r.ok,
+        r.errors,
+        r.dropped,
+        r.late,
+        r.response_hist,
+        r.service_hist,
+    )

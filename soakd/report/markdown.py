@@ -47,9 +47,11 @@ def _summary(m: ReportModel) -> list[str]:
         f"- Spaces: {m.spaces} concurrent memory spaces",
     ]
     if c.configured:
+        # the plan counts cycles per space ("10,080 cycles" = 7 days of 60 s)
+        per_space = c.runs_observed / c.spaces_seen if c.spaces_seen else 0.0
         lines.append(
-            f"- Consolidation: {c.runs_observed:,} cycles observed "
-            f"({c.expected_interval_s:g}s cadence expected, {c.spaces_seen} spaces)"
+            f"- Consolidation: {per_space:,.0f} cycles per space ({c.expected_interval_s:g}s "
+            f"cadence expected; {c.runs_observed:,} runs observed across {c.spaces_seen} spaces)"
         )
     ended = (
         f"ended {fmt.when(m.ended_at)}" if m.ended_at else f"last data {fmt.when(m.last_data_at)}"

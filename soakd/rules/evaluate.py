@@ -86,7 +86,7 @@ def _percentile(metric: str | None) -> float:
 def _leak(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResult]:
     fit = leak_fit(
         inputs.samples,
-        w.warmup_s,
+        w.leak_warmup_s,
         run_started=inputs.run_started,
         window_s=rule.window_s or w.leak_window_s,
         now=inputs.now,
@@ -166,16 +166,38 @@ def _perf_op(
         return _result(rule, False, None, why, labels=labels)
     now_ms = recent.percentile_ms(q)
     pct = (now_ms / base_ms - 1.0) * 100.0
-    active = pct > rule.threshold and now_ms - base_ms >= PERF_MIN_DELTA_MS
+
+    def degraded(ms: float) -> bool:
+        return (ms / base_ms - 1.0) * 100.0 > rule.threshold and ms - base_ms >= PERF_MIN_DELTA_MS
+
+    thirds = _thirds_ms([r for r in records if r.start >= window_lo], q)
+    active = degraded(now_ms) and all(degraded(ms) for ms in thirds)
     detail = {
         "baseline_ms": base_ms,
         "window_ms": now_ms,
+        "window_thirds_ms": thirds,
         "baseline_source": source,
         "window_count": recent.count,
         "baseline_count": base_n,
     }
     why = f"{op} {name} {now_ms:.1f} ms vs baseline {base_ms:.1f} ms ({pct:+.0f} %)"
     return _result(rule, active, pct, why, labels=labels, detail=detail)
+
+
+def _thirds_ms(records: Sequence[IntervalRecord], q: float) -> list[float]:
+    """The percentile in each third of the window (empty when a third is too thin to judge).
+
+    A degradation must show in every third: a burst of load on a shared machine
+    lifts one stretch's tail, a regression or a drift lifts them all.
+    """
+    n = len(records)
+    out: list[float] = []
+    for i in range(3):
+        hist = merge_blobs(r.response_hist for r in records[i * n // 3 : (i + 1) * n // 3])
+        if hist.count < PERF_MIN_COUNT // 3:
+            return []
+        out.append(hist.percentile_ms(q))
+    return out
 
 
 # -- consolidation ---------------------------------------------------------------

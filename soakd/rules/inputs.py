@@ -120,13 +120,13 @@ def gather_inputs(
     sample_w, interval_w, cons_w = _horizons(
         info.planned_duration_s, rules, expected_interval_s, tolerance_s
     )
+    # samples: the memory baseline right after the leak warm-up, then the trailing window
+    mem_lo = info.started_at + w.leak_warmup_s
+    mem_hi = mem_lo + 300.0
+    recent = downsample(reader.samples(since=max(mem_hi, now - sample_w), until=now))
+    head = reader.samples(since=info.started_at, until=min(mem_hi, now))
+    samples = _merge_unique(downsample(head, 600), recent)
     base_lo = info.started_at + w.warmup_s
-    base_hi = base_lo + max(w.baseline_s, 300.0)
-    recent = downsample(reader.samples(since=max(base_hi, now - sample_w), until=now))
-    head = reader.samples(since=base_lo, until=min(base_hi, now))
-    samples = _merge_unique(downsample(head, 300), recent)
-    if not head:  # still warming up: give the rules what there is (they check warm-up)
-        samples = _merge_unique(reader.samples(since=info.started_at, until=base_lo), samples)
     records = _merge_records(
         reader.intervals(since=base_lo, until=base_lo + w.baseline_s),
         reader.intervals(since=now - interval_w, until=now),

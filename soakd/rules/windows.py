@@ -23,6 +23,7 @@ class Windows:
     """Every length (seconds) the rules use when a rule does not set its own."""
 
     warmup_s: float  # excluded from every baseline and fit
+    leak_warmup_s: float  # excluded from the memory fit (longer: see default_windows)
     leak_window_s: float  # trailing window of the memory fit
     leak_min_span_s: float  # the fit judges nothing before it covers this much
     baseline_s: float  # the latency baseline: this long, right after warm-up
@@ -37,16 +38,23 @@ def default_windows(planned_duration_s: float) -> Windows:
     length             share of the run        floor     ceiling
     =================  =====================  ========  ========
     warm-up            10 %                    10 s      1 h
+    leak warm-up (a)   10 %                    5 min     1 h
     leak window        25 %                    10 min    24 h
     leak min span      5 %                     60 s      1 h
     latency baseline   10 %                    60 s      1 h
     latency window     10 %                    60 s      1 h
     rate window        5 %                     60 s      15 min
     =================  =====================  ========  ========
+
+    (a) The floor is at most half the run. Engram keeps its metrics in a 5-minute window
+    (``/metrics``, ``/metrics/prometheus``), and so does the reference target:
+    its RSS grows for the first five minutes at any steady request rate and
+    then levels off, which a fit over that stretch would read as a leak.
     """
     d = max(0.0, planned_duration_s)
     return Windows(
         warmup_s=_clamp(0.10 * d, 10.0, 3600.0),
+        leak_warmup_s=_clamp(0.10 * d, min(300.0, 0.5 * d), 3600.0),
         leak_window_s=_clamp(0.25 * d, 600.0, 86400.0),
         leak_min_span_s=_clamp(0.05 * d, 60.0, 3600.0),
         baseline_s=_clamp(0.10 * d, 60.0, 3600.0),

@@ -159,6 +159,10 @@ class IntegritySpec:
     sample_fraction: float = 0.01  # share of stores read back
     delay_s: float = 3.0  # how long after the 201 the read-back happens
     max_pending: int = 10_000  # bound on remembered-but-unchecked writes
+    # Engram keeps at most this many hot memories per space and then evicts the
+    # least-activated one; a read-back 404 in a space that full is an eviction,
+    # counted apart, not a lost write.
+    space_capacity: int = 100_000
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ TARGET_KEYS: tuple[str, ...] = (
     "max_connections",
 )
 SAMPLING_KEYS = ("interval", "uss_interval", "stats_interval", "flush_interval", "min_free_disk")
-INTEGRITY_KEYS = ("sample_fraction", "delay", "max_pending")
+INTEGRITY_KEYS = ("sample_fraction", "delay", "max_pending", "space_capacity")
 EXPORTER_KEYS = ("listen",)
 RECEIVER_KEYS = ("name", "type", "url", "routing_key", "timeout", "resend_interval")
 #: Placeholders the target launcher expands in ``command``; kept verbatim here.
@@ -219,6 +219,7 @@ def read_integrity(ctx: Ctx, node: yaml.Node | None) -> IntegritySpec:
         sample_fraction=s.number("sample_fraction", d.sample_fraction, 0.0, 1.0),
         delay_s=s.duration("delay", d.delay_s, maximum=3600.0),
         max_pending=s.integer("max_pending", d.max_pending, 1, 10_000_000),
+        space_capacity=s.integer("space_capacity", d.space_capacity, 1, 1_000_000_000),
     )
 
 

@@ -12,8 +12,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from soakd.reference.harness import ReferenceProcess, reference, start_reference, unit_embedding
-from soakd.testing import async_wait_for
+from soakd.reference.harness import (
+    ReferenceProcess,
+    http,
+    reference,
+    start_reference,
+    unit_embedding,
+)
+from soakd.testing import wait_for
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -246,7 +252,9 @@ async def test_recall_associated_split_and_text(ref: ReferenceProcess) -> None:
     mixed = [0.6 * a + 0.8 * b for a, b in zip(base, other, strict=True)]
     query = urllib.parse.urlencode({"embedding": json.dumps(mixed), "threshold": "0.5"})
     status, _, text = await call(
-        "GET", f"{ref.url}/api/v1/memories/recall?{query}", headers={"X-Memory-Space": "space_assoc"}
+        "GET",
+        f"{ref.url}/api/v1/memories/recall?{query}",
+        headers={"X-Memory-Space": "space_assoc"},
     )
     mems = json.loads(text)["memories"]
     assert status == 200 and mems["vivid"] == []
@@ -339,36 +347,33 @@ async def test_query_body_space_beats_header(ref: ReferenceProcess) -> None:
     assert status == 200 and json.loads(text)["total_count"] == 0
 
 
-async def test_consolidation_snapshot_refreshes(ref: ReferenceProcess) -> None:
+def test_consolidation_snapshot_refreshes(ref: ReferenceProcess) -> None:
     """GET /api/v1/consolidations shows beliefs and stats, and generated_at moves on."""
     for i in range(4):
-        await remember(ref, "space_cons", f"cons_{i}", 700 + i)
+        body = {"id": f"cons_{i}", "content": "x", "embedding": unit_embedding(700 + i)}
+        url = f"{ref.url}/api/v1/memories/remember?space=space_cons"
+        assert http("POST", url, body).status == 201
     url = f"{ref.url}/api/v1/consolidations?space=space_cons"
 
-    async def snapshot() -> dict[str, Any]:
-        status, _, text = await call("GET", url)
-        assert status == 200
-        return dict(json.loads(text))
+    def after_a_run() -> dict[str, Any] | None:
+        result = http("GET", url)
+        assert result.status == 200
+        snap: dict[str, Any] = result.json()
+        return snap if snap["stats"]["total_replays"] > 0 else None
 
-    first = await async_wait_for(
-        lambda: _with_runs(snapshot()), timeout_s=10, what="a consolidation run"
-    )
+    first = wait_for(after_a_run, timeout_s=10, what="a consolidation run")
+    assert first is not None
     assert RFC3339.match(first["generated_at"]) and isinstance(first["beliefs"], list)
     assert first["beliefs"] and first["beliefs"][0]["citations"]
     for key in ("total_replays", "successful_consolidations", "total_patterns_extracted"):
         assert key in first["stats"]
-
-    async def moved() -> bool:
-        return (await snapshot())["generated_at"] != first["generated_at"]
-
-    await async_wait_for(moved, timeout_s=10, what="a second run")
-    status, _, text = await call("GET", f"{ref.url}/api/v1/consolidations?space=no_such_space")
-    assert_envelope(status, text, 404, "RESOURCE_NOT_FOUND")
-
-
-async def _with_runs(pending: Any) -> dict[str, Any] | None:
-    snap = await pending
-    return snap if snap["stats"]["total_replays"] > 0 else None
+    wait_for(
+        lambda: http("GET", url).json()["generated_at"] != first["generated_at"],
+        timeout_s=10,
+        what="a second run",
+    )
+    missing = http("GET", f"{ref.url}/api/v1/consolidations?space=no_such_space")
+    assert_envelope(missing.status, missing.text, 404, "RESOURCE_NOT_FOUND")
 
 
 async def test_system_health_counts_memories_per_space(ref: ReferenceProcess) -> None:
@@ -403,7 +408,7 @@ async def test_capacity_evicts_least_activated(ref: ReferenceProcess) -> None:
         await remember(ref, "space_cap", f"cap_{i}", 10_000 + i)
     status, _, text = await call("GET", f"{ref.url}/api/v1/system/health")
     spaces = {s["space"]: s for s in json.loads(text)["spaces"]}
-    assert spaces["space_cap"]["memories"] == 200
+    assert status == 200 and spaces["space_cap"]["memories"] == 200
     assert (await call("GET", f"{ref.url}/api/v1/memories/cap_0?space=space_cap"))[0] == 404
     assert (await call("GET", f"{ref.url}/api/v1/memories/cap_209?space=space_cap"))[0] == 200
 

@@ -334,3 +334,45 @@ def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
         load_spec(tmp_path / "nope.yaml")
     assert caught.value.problems[0].path == "(file)"
     assert "cannot read" in caught.value.problems[0].message
+
+
+def _field_keys(cls: type, renames: dict[str, str | None]) -> set[str]:
+    """The YAML key each dataclass field is set from (unit suffix dropped)."""
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if f.name in renames:
+            key = renames[f.name]
+        else:
+            key = f.name.removesuffix("_s").removesuffix("_bytes")
+        if key is not None:
+            keys.add(key)
+    return keys
+
+
+def test_every_model_field_is_settable_from_yaml() -> None:
+    """A field added to a spec dataclass without a YAML key fails here."""
+    from soakd.spec import model
+
+    cases: list[tuple[type, tuple[str, ...], dict[str, str | None]]] = [
+        (model.TargetSpec, TARGET_KEYS, {}),
+        (model.SamplingSpec, SAMPLING_KEYS, {}),
+        (model.IntegritySpec, INTEGRITY_KEYS, {}),
+        (model.ExporterSpec, EXPORTER_KEYS, {}),
+        (model.ReceiverSpec, RECEIVER_KEYS, {"url_secret": "url"}),
+        (model.AlertRuleSpec, STRUCTURED_KEYS, {}),
+        (model.RecallOptions, OPERATION_KEYS["recall"], {}),
+        (model.SpreadOptions, OPERATION_KEYS["spread"], {}),
+        (
+            model.OperationSpec,
+            OPERATION_KEYS["recall"],
+            {"rate_per_s": "rate", "recall": None, "spread": None},
+        ),
+        (model.ConsolidationSpec, OPERATION_KEYS["consolidation"], {}),
+        (
+            model.Spec,
+            TOP_KEYS,
+            {"operations": "workload", "consolidation": "workload", "fingerprint": None},
+        ),
+    ]
+    for cls, keys, renames in cases:
+        assert _field_keys(cls, renames) - set(keys) == set(), cls.__name__

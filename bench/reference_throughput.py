@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import json
 import time
@@ -35,7 +36,7 @@ Send = Callable[[aiohttp.ClientSession, int], Awaitable[int]]
 
 
 def bodies(rng: np.random.Generator, start: int, count: int, spaces: int) -> list[bytes]:
-    """Store bodies with distinct random unit embeddings (6 significant digits)."""
+    """Store bodies with distinct random unit embeddings (rounded to 6 decimals)."""
     vecs = rng.standard_normal((count, 768)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     out = []
@@ -44,7 +45,7 @@ def bodies(rng: np.random.Generator, start: int, count: int, spaces: int) -> lis
         body = {
             "id": f"m_{n}",
             "content": f"bench memory {n}",
-            "embedding": [float(f"{x:.6g}") for x in vec.tolist()],
+            "embedding": np.round(vec, 6).tolist(),
             "memory_space_id": f"space_{n % spaces:02d}",
         }
         out.append(json.dumps(body).encode())
@@ -57,18 +58,21 @@ async def closed_loop(
     """Run ``total`` requests with ``concurrency`` in flight; return requests per second."""
     counter = itertools.count()
     errors = 0
+    statuses: collections.Counter[int] = collections.Counter()
 
     async def worker() -> None:
         nonlocal errors
         while (i := next(counter)) < total:
-            if await send(session, i) >= 400:
+            status = await send(session, i)
+            if status >= 400:
                 errors += 1
+                statuses[status] += 1
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     if errors:
-        print(f"    ({errors} error responses)")
+        print(f"    ({errors} error responses: {dict(statuses)})")
     return total / elapsed
 
 
@@ -223,6 +227,8 @@ async def run(args: argparse.Namespace) -> None:
             await open_loop(bench, session, args.plan_seconds)
     finally:
         ref.stop()
+        if ref.stderr.strip():
+            print("server stderr (tail):\n" + ref.stderr[-3000:])
 
 
 def main() -> None:

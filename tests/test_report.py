@@ -361,3 +361,22 @@ def test_drift_floor_ignores_submillisecond_jitter(tmp_path: Path) -> None:
     assert crit["p99_drift"].passed
     assert crit["p99_drift"].measured is not None
     assert math.isclose(crit["p99_drift"].measured, 20.0)
+
+
+def test_thinned_store_counts_gaps_without_listing_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store thinned for disk space lists only the longest gaps and stays continuous."""
+    from soakd.report import data
+
+    monkeypatch.setattr(data, "MAX_GAPS", 5)
+    store, spec = make_run(tmp_path / "state", SHORT)
+    removed = store.thin_samples(SHORT.started_at + 1200.0, 60)
+    assert removed > 1000
+    result = write_reports(store, spec, tmp_path / "out", now=SHORT.started_at + 1800.0)
+    doc = json.loads(result.paths[0].read_text())
+    assert len(doc["gaps"]) == 5
+    assert doc["gaps_total"] >= 19
+    assert doc["gaps_total_s"] == pytest.approx(1140.0, abs=120.0)
+    dur = result.criteria[0]
+    assert dur.measured == pytest.approx(0.5, abs=0.01)  # 60 s gaps do not break continuity

@@ -186,10 +186,12 @@ def test_leak_quiet_on_warmup_growth_that_levels_off() -> None:
 
 def test_leak_quiet_on_five_minute_metrics_window() -> None:
     """RSS that climbs for 5 minutes (Engram's metrics window filling) then levels is quiet."""
+    # the shape measured on the reference target (docs/alerting.md §6): +15 kB/s, a 1 MB
+    # step at the 5-minute mark, then flat
     samples = rss_samples(
         600.0,
         1.0,
-        lambda e: 60 * MB + 15_000 * min(e, 300.0),
+        lambda e: 60 * MB + 15_000 * min(e, 300.0) + (e > 301) * 1 * MB,
         memories=lambda e: 3000,
         noise_bytes=0.1 * MB,
     )

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from soakd.reference.space import Memory, MemorySpace
 
-FORMAT = 3
+FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ def capture(space: MemorySpace) -> SpaceImage:
         "out_uid": space.out_uid[slots],
         "out_w": space.out_w[slots],
         "in_uid": space.in_uid[slots],
+        "in_w": space.in_w[slots],
         "in_next": space.in_next[slots],
     }
     space.dirty = False
@@ -116,6 +117,7 @@ def load(folder: Path, capacity: int) -> MemorySpace:
         space.out_uid[:count] = arrays["out_uid"][sel]
         space.out_w[:count] = arrays["out_w"][sel]
         space.in_uid[:count] = arrays["in_uid"][sel]
+        space.in_w[:count] = arrays["in_w"][sel]
         space.in_next[:count] = arrays["in_next"][sel]
     space.next_uid = int(meta["next_uid"])
     space.last_uid = int(meta["last_uid"])

@@ -80,6 +80,7 @@ class MemorySpace:
         self.out_uid = np.zeros((0, K_OUT), dtype=np.int64)
         self.out_w = np.zeros((0, K_OUT), dtype=np.float32)
         self.in_uid = np.zeros((0, K_IN), dtype=np.int64)
+        self.in_w = np.zeros((0, K_IN), dtype=np.float32)
         self.in_next = np.zeros(0, dtype=np.int8)
         self.next_uid = 1
         self.last_uid = 0
@@ -156,6 +157,7 @@ class MemorySpace:
         self.out_uid[slot] = 0
         self.out_w[slot] = 0.0
         self.in_uid[slot] = 0
+        self.in_w[slot] = 0.0
         self.in_next[slot] = 0
         self.recent.append(uid)
         self.dirty = True
@@ -170,6 +172,7 @@ class MemorySpace:
             self.out_uid = _grow(self.out_uid, rows, 0)
             self.out_w = _grow(self.out_w, rows, 0)
             self.in_uid = _grow(self.in_uid, rows, 0)
+            self.in_w = _grow(self.in_w, rows, 0)
             self.in_next = _grow(self.in_next, rows, 0)
 
     def _link(self, memory: Memory, neighbours: npt.NDArray[np.int64], unit: F32) -> None:
@@ -196,6 +199,7 @@ class MemorySpace:
         self.out_w[slot, col] = weight
         ring = int(self.in_next[other.slot])
         self.in_uid[other.slot, ring] = src.uid
+        self.in_w[other.slot, ring] = weight
         self.in_next[other.slot] = (ring + 1) % K_IN
 
     def neighbours(self, memory: Memory) -> list[tuple[Memory, float]]:
@@ -206,16 +210,11 @@ class MemorySpace:
             other = self.by_uid.get(uid) if uid else None
             if other is not None:
                 out.append((other, weight))
-        for uid in self.in_uid[slot].tolist():
+        for uid, weight in zip(self.in_uid[slot].tolist(), self.in_w[slot].tolist(), strict=True):
             other = self.by_uid.get(uid) if uid else None
             if other is not None:
-                out.append((other, self._weight(other, memory.uid)))
+                out.append((other, weight))
         return out
-
-    def _weight(self, src: Memory, dst_uid: int) -> float:
-        row = self.out_uid[src.slot]
-        hits = np.flatnonzero(row == dst_uid)
-        return float(self.out_w[src.slot, hits[0]]) if hits.size else TEMPORAL_WEIGHT
 
     # -- eviction and activation --------------------------------------------------------------
 

@@ -4,6 +4,7 @@ Public API (the daemon and the CLI call these)::
 
     write_reports(reader, spec, out_dir, *, now, extra=None, basename="report") -> ReportResult
     checkpoint_due(started_at, planned_s, now, done) -> str | None
+    await write_reports_subprocess(state_dir, out_dir, *, now, extra=None, basename="report")
 
 See docs/report.md for the verdict rules and the report.json schema.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from soakd.report.checkpoints import checkpoint_due
 from soakd.report.data import ReportExtras, build_model
 from soakd.report.model import SCHEMA_VERSION, Criterion, ReportModel
+from soakd.report.subproc import ReportProcessError, write_reports_subprocess
 from soakd.report.writer import ReportResult, atomic_write, write_reports
 
 __all__ = [
@@ -20,9 +22,11 @@ __all__ = [
     "Criterion",
     "ReportExtras",
     "ReportModel",
+    "ReportProcessError",
     "ReportResult",
     "atomic_write",
     "build_model",
     "checkpoint_due",
     "write_reports",
+    "write_reports_subprocess",
 ]

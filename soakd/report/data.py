@@ -43,6 +43,8 @@ log = structlog.get_logger()
 
 #: Points per memory series in the HTML chart.
 MEMORY_POINTS = 1200
+#: Sample gaps listed one by one (the longest); the rest are only counted.
+MAX_GAPS = 200
 #: Latency windows per chart over the whole run.
 LATENCY_WINDOWS = 400
 
@@ -81,6 +83,16 @@ def _report_end(
     if info.ended_at is not None:
         return info.ended_at, last_t
     return (last_t if last_t is not None else now), last_t
+
+
+def _longest_gaps(gaps: Sequence[tuple[float, float]]) -> tuple[Gap, ...]:
+    """The MAX_GAPS longest gaps, in time order.
+
+    A store thinned for disk space (one sample a minute) has a "gap" every
+    minute; the report lists the ones that matter and counts the rest.
+    """
+    longest = sorted(gaps, key=lambda g: g[1] - g[0], reverse=True)[:MAX_GAPS]
+    return tuple(Gap(a, b) for a, b in sorted(longest))
 
 
 def _workload(spec: Spec) -> tuple[WorkloadLine, ...]:
@@ -235,7 +247,9 @@ def build_model(
             corrupted=max(counters.get("integrity_corrupted", 0), extra.integrity_corrupted),
         ),
         events=timeline_events(events, samples.pid_changes),
-        gaps=tuple(Gap(a, b) for a, b in samples.gaps),
+        gaps=_longest_gaps(samples.gaps),
+        gaps_total=len(samples.gaps),
+        gaps_total_s=sum(b - a for a, b in samples.gaps),
         alerts=segments,
         alerts_fired=fired,
         stats_interval_s=spec.sampling.stats_interval_s,

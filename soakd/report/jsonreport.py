@@ -215,6 +215,8 @@ def to_dict(m: ReportModel, criteria: Sequence[Criterion], verdict: str, kind: s
         ],
         "events_omitted": len(m.events) - len(events),
         "gaps": [{"start": iso(g.start), "end": iso(g.end), "seconds": g.seconds} for g in m.gaps],
+        "gaps_total": m.gaps_total,
+        "gaps_total_s": m.gaps_total_s,
         "alerts": {
             "fired": dict(m.alerts_fired),
             "history": [_segment(s) for s in m.alerts],

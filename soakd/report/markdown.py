@@ -67,7 +67,10 @@ def _results(m: ReportModel, criteria: Sequence[Criterion]) -> list[str]:
     mem = m.memory
     leak = _c(criteria, "memory_leak")
     half = (mem.rss_max - mem.rss_min) / 2 if mem.rss_max is not None and mem.rss_min else None
-    word = "Stable" if leak is not None and leak.passed else "NOT stable"
+    word = "NOT stable"
+    if leak is not None and leak.passed:
+        following = mem.fit is not None and mem.fit.judged == "follows_data"
+        word = "Growing with the stored data (no leak judged)," if following else "Stable"
     drift = _c(criteria, "p99_drift")
     drifts = ", ".join(f"{o.op} {o.drift_pct:+.1f} %" for o in m.ops if o.drift_pct is not None)
     c = m.consolidation
@@ -155,7 +158,7 @@ def _memory(m: ReportModel) -> list[str]:
         lines.append(
             f"- RSS trend ({fit.judged}): {fit.pct_per_day:+.2f} %/day, {fit.mb_per_h:+.3f} MB/h, "
             f"R² {fit.r2:.2f}, baseline {fmt.bytes_h(fit.baseline_bytes)} after a "
-            f"{mem.warmup_s:g} s warm-up, {fit.points} fit points"
+            f"{mem.warmup_s:g} s warm-up" + (f", {fit.points} points judged" if fit.points else "")
         )
         if fit.data_growing:
             lines.append(
@@ -189,6 +192,8 @@ def _events(m: ReportModel) -> list[str]:
         f"| {fmt.when(g.start)} | sample gap | no samples for {g.seconds:.0f} s |"
         for g in m.gaps[:MAX_EVENT_ROWS]
     ]
+    if m.gaps_total > len(m.gaps[:MAX_EVENT_ROWS]):
+        lines += ["", f"{m.gaps_total} sample gaps in all, {m.gaps_total_s:.0f} s without samples."]
     return [*lines, ""]
 
 

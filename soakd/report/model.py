@@ -213,11 +213,13 @@ class ReportModel:
     consolidation: ConsolidationReport
     integrity: Integrity
     events: tuple[TimelineEvent, ...]
-    gaps: tuple[Gap, ...]
+    gaps: tuple[Gap, ...]  # the longest MAX_GAPS, in time order
     alerts: tuple[AlertSegment, ...]
     alerts_fired: Mapping[str, int]  # rule -> times it went to firing
     stats_interval_s: float
     warmup_s: float
+    gaps_total: int = 0  # every sample gap, also those not kept in ``gaps``
+    gaps_total_s: float = 0.0
 
     @property
     def duration_s(self) -> float:

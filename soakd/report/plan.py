@@ -51,5 +51,6 @@ def progress_line(m: ReportModel) -> str:
 
 
 def _num(h: float) -> str:
-    # floored to 0.1 h: 167.96 h must not read as "168/168 hours complete"
-    return f"{math.floor(h * 10.0) / 10.0:g}"
+    # floored, never rounded up: 167.96 h must not read as "168/168 hours complete"
+    step = 10.0 if h >= 1.0 else 100.0
+    return f"{math.floor(h * step) / step:g}"

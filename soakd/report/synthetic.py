@@ -109,6 +109,32 @@ def spec_for(k: Knobs) -> Spec:
     )
 
 
+def spec_text(k: Knobs) -> str:
+    """The YAML :func:`spec_for` stands for (stored in the run, read by ``soakd report``)."""
+    planned = k.planned_s if k.planned_s is not None else k.duration_s
+    return f"""# synthetic run (soakd.report.synthetic)
+name: synthetic
+duration: {planned:g}s
+workload:
+  - operation: store
+    rate: 100 ops/sec
+    spaces: {k.spaces}
+  - operation: recall
+    rate: 50 ops/sec
+    spaces: {k.spaces}
+  - operation: consolidation
+    interval: {k.consolidation_interval_s:g}s
+    spaces: {k.spaces}
+  - operation: spread
+    rate: 20 ops/sec
+    max_hops: 5
+alerts:
+  - memory_leak: "RSS increases >10% per day"
+  - performance_degradation: "P99 latency increases >20%"
+  - consolidation_failure: "Cadence drift >5s"
+"""
+
+
 def _blobs(op: Op, rng: random.Random, n: int) -> list[tuple[bytes, bytes, bytes]]:
     """Per latency level: (response, service, lag) encodings; level i is (1 + i/(LEVELS-1))x."""
     out = []
@@ -220,7 +246,7 @@ def make_run(state_dir: Path, k: Knobs = Knobs()) -> tuple[RunStore, Spec]:
     info = RunInfo(
         run_id="synthetic-run",
         spec_fingerprint=spec.fingerprint,
-        spec_text="# synthetic\n",
+        spec_text=spec_text(k),
         started_at=start,
         planned_duration_s=spec.duration_s,
         target_url="http://127.0.0.1:7432",

@@ -29,7 +29,7 @@ PERF_MIN_COUNT = 200
 PERF_MIN_DELTA_MS = 1.0
 #: Engram's own plan flags a leak at R² > 0.8 (engram-api.md §6).
 LEAK_MIN_R2 = 0.8
-#: The second half of the fitted stretch must still grow at this share of the threshold.
+#: The second half of the fitted stretch must still grow at this share of the whole rate.
 LEAK_SUSTAINED_SHARE = 0.5
 #: An error rate needs this many requests in the window.
 ERROR_MIN_COUNT = 20
@@ -109,9 +109,12 @@ def _leak_verdict(rule: AlertRuleSpec, fit: LeakFit, w: Windows) -> tuple[bool, 
         return False, f"memory trend not judged yet ({fit.points} samples over {fit.span_s:.0f} s)"
     over_pct = rule.threshold > 0 and pct > rule.threshold
     over_abs = rule.abs_mb_per_h is not None and mb > rule.abs_mb_per_h
-    sustained = fit.recent_pct_per_day is not None and (
-        fit.recent_pct_per_day >= LEAK_SUSTAINED_SHARE * max(rule.threshold, 0.0)
+    # still growing over the stretch's second half at >= half the whole rate: a growth
+    # that levels off (a cache, a metrics window filling) is a warm-up, not a leak
+    sustained = (
+        fit.recent_pct_per_day is not None
         and fit.recent_pct_per_day > 0
+        and fit.recent_pct_per_day >= LEAK_SUSTAINED_SHARE * pct
     )
     where = {
         "after_flat": " since the dataset stopped growing",

@@ -165,3 +165,26 @@ def test_persist_round_trip(tmp_path: Path) -> None:
     restored = [a.memory.id for a in spread(loaded, SpreadQuery("m4", 3, 0.1, 0.01))]
     assert original == restored
     assert loaded.remember("m9", "x", unit_embedding(9), 0.7, 0.0).result is StoreResult.STORED
+
+
+def test_reference_imports_nothing_else_of_soakd() -> None:
+    """The reference server stands in for another product: it imports only soakd.reference.*."""
+    import ast
+
+    import soakd.reference
+
+    package = Path(soakd.reference.__file__).parent
+    offenders = []
+    for module in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [
+                f"{module.name}: {name}"
+                for name in names
+                if name.split(".")[0] == "soakd" and not name.startswith("soakd.reference")
+            ]
+    assert offenders == []

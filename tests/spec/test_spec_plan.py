@@ -241,7 +241,7 @@ def test_target_sampling_integrity_exporter_keys() -> None:
         "  max_connections: 8\n"
         "sampling: {interval: 2s, uss_interval: 5m, stats_interval: 30s, flush_interval: 1s,"
         " min_free_disk: 1GiB}\n"
-        "integrity: {sample_fraction: 0.5, delay: 1s, max_pending: 100}\n"
+        "integrity: {sample_fraction: 0.5, delay: 1s, max_pending: 100, space_capacity: 500}\n"
         "exporter: {listen: '[::1]:9464'}\n"
         "seed: 12\nname: nightly-1\n"
     )
@@ -258,7 +258,7 @@ def test_target_sampling_integrity_exporter_keys() -> None:
     )
     assert (t.restart_backoff_s, t.startup_timeout_s, t.max_connections) == (0.5, 60.0, 8)
     assert dataclasses.astuple(spec.sampling) == (2.0, 300.0, 30.0, 1.0, 1024**3)
-    assert dataclasses.astuple(spec.integrity) == (0.5, 1.0, 100)
+    assert dataclasses.astuple(spec.integrity) == (0.5, 1.0, 100, 500)
     assert spec.exporter.listen == "[::1]:9464"
     assert (spec.seed, spec.name) == (12, "nightly-1")
 

@@ -39,7 +39,14 @@ from soakd.exporter import Exporter
 from soakd.integrity import IntegrityChecker
 from soakd.model import Alert, Clock, Event, Op, OpResult, Sample
 from soakd.progress import build_status, progress_line
-from soakd.report import ReportExtras, atomic_write, checkpoint_due, write_reports
+from soakd.report import (
+    ReportExtras,
+    ReportProcessError,
+    atomic_write,
+    checkpoint_due,
+    write_reports,
+    write_reports_subprocess,
+)
 from soakd.rules import AlertEngine, gather_inputs
 from soakd.runstate import NEXT_K, OpenedRun, open_run
 from soakd.sampler import Sampler
@@ -612,15 +619,20 @@ class Daemon:
             return
         await self._flush()
         out = self.options.state_dir / "checkpoints"
-        await asyncio.to_thread(
-            write_reports,
-            self.store,
-            self.spec,
-            out,
-            now=self.clock.wall(),
-            extra=self._extras(),
-            basename=f"checkpoint-{name}",
-        )
+        # A 7-day report costs ~9 s of CPU: in a thread it would hold the GIL
+        # against the event loop that paces the load (lateness p99 2-7 ms ->
+        # 19-40 ms measured); a niced child process leaves the loop alone.
+        try:
+            await write_reports_subprocess(
+                self.options.state_dir,
+                out,
+                now=self.clock.wall(),
+                extra=self._extras(),
+                basename=f"checkpoint-{name}",
+            )
+        except ReportProcessError as exc:
+            log.warning("checkpoint_report_failed", name=name, error=str(exc)[:500])
+            return
         self._emit(
             Event(
                 self.clock.wall(), "checkpoint", f"checkpoint report {name} written", {"name": name}

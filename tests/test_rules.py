@@ -17,6 +17,7 @@ from soakd.rules import (
     downsample,
     evaluate_rule,
     leak_fit,
+    leak_verdict,
 )
 from soakd.spec.model import AlertKind, AlertRuleSpec
 from soakd.stats import Histogram
@@ -197,6 +198,32 @@ def test_leak_quiet_on_five_minute_metrics_window() -> None:
     )
     (result,) = evaluate_rule(LEAK, inputs(600.0, samples=samples))
     assert not result.active, result.summary
+
+
+def test_leak_quiet_on_small_steady_creep_in_short_run() -> None:
+    """A steady 0.6 kB/s creep (seen on the reference target without a leak) is too small."""
+    samples = rss_samples(
+        540.0, 1.0, lambda e: 72 * MB + 600 * e, memories=lambda e: 3000, noise_bytes=2000
+    )
+    (result,) = evaluate_rule(LEAK, inputs(540.0, planned_s=540.0, samples=samples))
+    assert not result.active, result.summary
+    assert "too little" in result.summary
+
+
+def test_leak_ignores_growth_back_after_a_target_restart() -> None:
+    """After a restart (new PID) the fresh process climbing back up is not judged as a leak."""
+    before = rss_samples(400.0, 1.0, lambda e: 60 * MB, memories=lambda e: 3000, pid=100)
+    after = rss_samples(
+        400.0,
+        1.0,
+        lambda e: 60 * MB + 140 * MB * min(e, 300.0) / 300.0,
+        memories=lambda e: 3000,
+        pid=200,
+    )
+    samples = before + [dataclasses.replace(s, t=s.t + 401.0) for s in after]
+    (result,) = evaluate_rule(LEAK, inputs(700.0, planned_s=800.0, samples=samples))
+    assert not result.active, result.summary  # judged across the restart it would fire
+    assert "not judged" in result.summary
 
 
 def test_leak_short_run_fires_on_fast_leak() -> None:
@@ -485,3 +512,14 @@ def test_cadence_summary_figures() -> None:
     assert s.within_2s_fraction == pytest.approx(6 / 8)
     assert s.drifted_spaces == ("space_01", "space_02")
     assert s.stalled_spaces == ("space_01", "space_02")
+
+
+def test_leak_verdict_is_the_rules_test_for_the_report() -> None:
+    """leak_verdict on a leak_fit gives the rule's answer (the report uses it the same way)."""
+    samples = rss_samples(
+        600.0, 1.0, lambda e: 80 * MB + 100_000 * e, memories=lambda e: 5000, noise_bytes=0.3 * MB
+    )
+    fit = leak_fit(samples, 360.0, min_span_s=60.0)
+    assert leak_verdict(fit, threshold_pct_per_day=10.0, min_span_s=60.0)[0]
+    assert not leak_verdict(fit, threshold_pct_per_day=0.0, abs_mb_per_h=1000.0)[0]
+    assert leak_verdict(fit, threshold_pct_per_day=0.0, abs_mb_per_h=100.0)[0]  # 360 MB/h

@@ -317,7 +317,14 @@ def _configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the reference server; return its exit status (0 on a clean stop)."""
-    config = parse_config(argv)
+    """Run the reference server; return its exit status (0 on a clean stop, 2 on bad usage).
+
+    argparse's exits (``--help``, a bad value) are returned, not raised, so that
+    ``soakd reference-server`` can embed this function.
+    """
+    try:
+        config = parse_config(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     _configure_logging(config.log_level)
     return uvloop.run(serve(config))

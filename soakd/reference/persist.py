@@ -18,62 +18,63 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from soakd.reference.space import Memory, MemorySpace
+from soakd.reference.space import MemorySpace, Record
 
-FORMAT = 4
+FORMAT = 5
 
 
 @dataclass(frozen=True)
 class SpaceImage:
-    """A copy of a space's state, taken on the loop, written from a thread."""
+    """A copy of a space's state, taken on the loop, compacted and written from a thread."""
 
     space_id: str
     meta: dict[str, Any]
-    arrays: dict[str, npt.NDArray[Any]]
+    records: list[Record | None]  # by slot; the tuples are immutable, shared safely
+    arrays: dict[str, npt.NDArray[Any]]  # by slot, whole allocated arrays
 
 
 def capture(space: MemorySpace) -> SpaceImage:
-    """Copy what must be saved (cheap: a few array gathers)."""
-    memories = sorted(space.by_id.values(), key=lambda m: m.uid)
-    slots = np.array([m.slot for m in memories], dtype=np.int64)
-    records = [
-        [m.id, m.content, m.confidence, m.observed_at, m.stored_at, m.uid, m.recall_count]
-        for m in memories
-    ]
+    """Copy what must be saved. Only plain copies (memcpy) run on the loop:
+    ~10-20 ms for a full space of 100k, against ~100 ms for a compacting gather."""
     meta = {
         "format": FORMAT,
         "id": space.id,
         "created_at": space.created_at,
         "next_uid": space.next_uid,
         "last_uid": space.last_uid,
-        "records": records,
     }
     arrays: dict[str, npt.NDArray[Any]] = {
-        "q": space.vectors.q[slots],
-        "scale": space.vectors.scale[slots],
-        "codes1": space.vectors.codes1[:, slots].T,
-        "codes2": space.vectors.codes2[slots],
-        "activation": space.activation[slots],
-        "out_uid": space.out_uid[slots],
-        "out_w": space.out_w[slots],
-        "in_uid": space.in_uid[slots],
-        "in_w": space.in_w[slots],
-        "in_next": space.in_next[slots],
+        "q": space.vectors.q.copy(),
+        "scale": space.vectors.scale.copy(),
+        "codes1": space.vectors.codes1.T.copy(),
+        "codes2": space.vectors.codes2.copy(),
+        "activation": space.activation.copy(),
+        "recall_count": space.recall_count.copy(),
+        "last_access": space.last_access.copy(),
+        "out_uid": space.out_uid.copy(),
+        "out_w": space.out_w.copy(),
+        "in_uid": space.in_uid.copy(),
+        "in_w": space.in_w.copy(),
+        "in_next": space.in_next.copy(),
     }
     space.dirty = False
-    return SpaceImage(space.id, meta, arrays)
+    return SpaceImage(space.id, meta, list(space.records), arrays)
 
 
 def write(image: SpaceImage, data_dir: Path) -> None:
-    """Write a space image atomically (blocking: run it in a thread)."""
+    """Compact (live slots, oldest first) and write atomically (blocking: use a thread)."""
+    live = sorted((r[5], slot) for slot, r in enumerate(image.records) if r is not None)
+    slots = np.array([slot for _, slot in live], dtype=np.int64)
+    meta = dict(image.meta, records=[list(image.records[slot] or ()) for _, slot in live])
+    arrays = {name: arr[slots] for name, arr in image.arrays.items()}
     folder = data_dir / image.space_id
     folder.mkdir(parents=True, exist_ok=True)
     tmp_npz = folder / "vectors.tmp.npz"
     savez: Any = np.savez  # numpy's stub types **kwds as its allow_pickle flag
     with tmp_npz.open("wb") as fh:
-        savez(fh, **image.arrays)
+        savez(fh, **arrays)
     tmp_json = folder / "space.json.tmp"
-    tmp_json.write_text(json.dumps(image.meta), encoding="utf-8")
+    tmp_json.write_text(json.dumps(meta), encoding="utf-8")
     # vectors first: a space.json always names records the vectors file holds.
     tmp_npz.replace(folder / "vectors.npz")
     tmp_json.replace(folder / "space.json")
@@ -100,11 +101,10 @@ def load(folder: Path, capacity: int) -> MemorySpace:
     count = len(records) - start
     space.ensure_slots(count)
     for slot, row in enumerate(records[start:]):
-        mid, content, conf, observed, stored, uid, recalls = row
-        memory = Memory(mid, content, conf, observed, stored, slot, uid, recalls)
-        space.slots.append(memory)
-        space.by_id[mid] = memory
-        space.by_uid[uid] = memory
+        mid, content, conf, observed, stored, uid = row
+        space.records.append((mid, content, conf, observed, stored, uid))
+        space.by_id[mid] = slot
+        space.by_uid[uid] = slot
         space.recent.append(uid)
     if count:
         sel = slice(start, start + count)
@@ -114,6 +114,8 @@ def load(folder: Path, capacity: int) -> MemorySpace:
         space.vectors.codes2[:count] = arrays["codes2"][sel]
         space.vectors.used[:count] = True
         space.activation[:count] = arrays["activation"][sel]
+        space.recall_count[:count] = arrays["recall_count"][sel]
+        space.last_access[:count] = arrays["last_access"][sel]
         space.out_uid[:count] = arrays["out_uid"][sel]
         space.out_w[:count] = arrays["out_w"][sel]
         space.in_uid[:count] = arrays["in_uid"][sel]

@@ -92,6 +92,10 @@ async def serve(config: ServerConfig, out: TextIO = sys.stdout) -> int:
     )
     spaces.set_on_create(consolidator.watch)
     shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Before the API line: whoever reads it may signal us at once.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown.set)
     api = Api(
         config,
         spaces,
@@ -117,9 +121,6 @@ async def serve(config: ServerConfig, out: TextIO = sys.stdout) -> int:
         write_pid_file(pid_path, port)
     print("Engram-compatible reference server (soakd.reference)", file=out)
     print(f" HTTP API: http://{config.host}:{port}", file=out, flush=True)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, shutdown.set)
     background = [
         loop.create_task(api.faults.run_stalls(), name="stalls"),
         loop.create_task(api.faults.run_crash_timer(), name="crash-timer"),

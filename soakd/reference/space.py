@@ -10,6 +10,7 @@ in either direction.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from soakd.reference.vectors import F32, VectorStore, normalise, sign_code
+from soakd.reference.vectors import F32, STORE_WORDS, VectorStore, normalise, sign_code
 
 DEDUP_COSINE = 0.95
 K_NEAREST = 4
@@ -40,9 +41,9 @@ class StoreResult(Enum):
     DEDUPLICATED = "deduplicated"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Memory:
-    """A hot memory (its vector lives in the space's VectorStore at ``slot``)."""
+    """A read-only view of a hot memory (its vector is at ``slot`` of the VectorStore)."""
 
     id: str
     content: str
@@ -53,6 +54,13 @@ class Memory:
     uid: int
     recall_count: int = 0
     last_access: float | None = None
+
+
+# (id, content, confidence, observed_at, stored_at, uid): an exact tuple of atomic
+# values, which CPython's cyclic GC stops tracking. Keeping 100k-1M memories as
+# such tuples (and dicts of str/int) keeps full GC passes short; a million tracked
+# objects would make each full collection a ~0.5 s stall.
+Record = tuple[str, str, float, float, float, int]
 
 
 @dataclass(frozen=True)
@@ -72,11 +80,13 @@ class MemorySpace:
         self.capacity = capacity
         self.created_at = time.time() if created_at is None else created_at
         self.vectors = VectorStore(capacity)
-        self.by_id: dict[str, Memory] = {}
-        self.by_uid: dict[int, Memory] = {}
-        self.slots: list[Memory | None] = []
+        self.by_id: dict[str, int] = {}  # id -> slot
+        self.by_uid: dict[int, int] = {}  # uid -> slot
+        self.records: list[Record | None] = []  # by slot
         self._free: list[int] = []
         self.activation = np.zeros(0, dtype=np.float64)
+        self.recall_count = np.zeros(0, dtype=np.int64)
+        self.last_access = np.zeros(0, dtype=np.float64)  # NaN: never accessed
         self.out_uid = np.zeros((0, K_OUT), dtype=np.int64)
         self.out_w = np.zeros((0, K_OUT), dtype=np.float32)
         self.in_uid = np.zeros((0, K_IN), dtype=np.int64)
@@ -92,6 +102,30 @@ class MemorySpace:
 
     def __len__(self) -> int:
         return len(self.by_id)
+
+    def view(self, slot: int) -> Memory | None:
+        """The memory in ``slot`` as a read-only view (None if the slot is free)."""
+        record = self.records[slot] if 0 <= slot < len(self.records) else None
+        if record is None:
+            return None
+        mid, content, confidence, observed, stored, uid = record
+        last = float(self.last_access[slot])
+        return Memory(
+            mid,
+            content,
+            confidence,
+            observed,
+            stored,
+            slot,
+            uid,
+            int(self.recall_count[slot]),
+            None if math.isnan(last) else last,
+        )
+
+    def by_uid_view(self, uid: int) -> Memory | None:
+        """A hot memory by its internal uid."""
+        slot = self.by_uid.get(uid)
+        return None if slot is None else self.view(slot)
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -110,27 +144,36 @@ class MemorySpace:
         replaced = memory_id in self.by_id
         if replaced:
             self._remove(self.by_id[memory_id])
-        dist = self.vectors.hamming(code)
-        dup = self.vectors.search_with(dist, code, unit, DEDUP_COSINE, 1) if dist.size else []
+        dist = self.vectors.hamming(code, STORE_WORDS)
+        dup = (
+            self.vectors.search_with(dist, STORE_WORDS, code, unit, threshold=DEDUP_COSINE, limit=1)
+            if dist.size
+            else []
+        )
         if dup:
             self.deduplicated += 1
-            holder = self.slots[dup[0][0]]
+            holder = self.records[dup[0][0]]
             return RememberOutcome(
-                StoreResult.DEDUPLICATED, duplicate_of=holder.id if holder else None
+                StoreResult.DEDUPLICATED, duplicate_of=holder[0] if holder else None
             )
         # An evicted slot is marked unused, so the neighbour search below skips it.
         evicted = self._evict() if len(self.by_id) >= self.capacity else None
-        neighbours = self.vectors.nearest(dist, K_NEAREST) if dist.size else np.zeros(0, np.int64)
-        memory = self._insert(
+        neighbours = (
+            self.vectors.nearest(dist, STORE_WORDS, K_NEAREST)
+            if dist.size
+            else np.zeros(0, np.int64)
+        )
+        slot, uid = self._insert(
             memory_id, content, unit, code, confidence=confidence, observed_at=observed_at
         )
-        self._link(memory, neighbours, unit)
+        self._link(slot, uid, neighbours, unit)
         result = StoreResult.REPLACED if replaced else StoreResult.STORED
-        return RememberOutcome(result, evicted=evicted[0] if evicted else None)
+        return RememberOutcome(result, evicted=evicted)
 
     def get(self, memory_id: str) -> Memory | None:
         """A hot memory by id."""
-        return self.by_id.get(memory_id)
+        slot = self.by_id.get(memory_id)
+        return None if slot is None else self.view(slot)
 
     def _insert(
         self,
@@ -141,19 +184,20 @@ class MemorySpace:
         *,
         confidence: float,
         observed_at: float,
-    ) -> Memory:
-        slot = self._free.pop() if self._free else len(self.slots)
-        if slot == len(self.slots):
-            self.slots.append(None)
+    ) -> tuple[int, int]:
+        slot = self._free.pop() if self._free else len(self.records)
+        if slot == len(self.records):
+            self.records.append(None)
             self.ensure_slots(slot + 1)
         uid = self.next_uid
         self.next_uid += 1
-        memory = Memory(memory_id, content, confidence, observed_at, time.time(), slot, uid)
+        self.records[slot] = (memory_id, content, confidence, observed_at, time.time(), uid)
         self.vectors.put(slot, unit, code)
-        self.slots[slot] = memory
-        self.by_id[memory_id] = memory
-        self.by_uid[uid] = memory
+        self.by_id[memory_id] = slot
+        self.by_uid[uid] = slot
         self.activation[slot] = confidence + _RECENCY_EPS * uid
+        self.recall_count[slot] = 0
+        self.last_access[slot] = np.nan
         self.out_uid[slot] = 0
         self.out_w[slot] = 0.0
         self.in_uid[slot] = 0
@@ -161,7 +205,7 @@ class MemorySpace:
         self.in_next[slot] = 0
         self.recent.append(uid)
         self.dirty = True
-        return memory
+        return slot, uid
 
     def ensure_slots(self, slots: int) -> None:
         """Make at least ``slots`` slots addressable in every per-slot array."""
@@ -169,82 +213,85 @@ class MemorySpace:
         rows = self.vectors.allocated
         if rows > self.activation.shape[0]:
             self.activation = _grow(self.activation, rows, np.inf)
+            self.recall_count = _grow(self.recall_count, rows, 0)
+            self.last_access = _grow(self.last_access, rows, np.nan)
             self.out_uid = _grow(self.out_uid, rows, 0)
             self.out_w = _grow(self.out_w, rows, 0)
             self.in_uid = _grow(self.in_uid, rows, 0)
             self.in_w = _grow(self.in_w, rows, 0)
             self.in_next = _grow(self.in_next, rows, 0)
 
-    def _link(self, memory: Memory, neighbours: npt.NDArray[np.int64], unit: F32) -> None:
+    def _link(self, slot: int, uid: int, neighbours: npt.NDArray[np.int64], unit: F32) -> None:
         """Link to the nearest memories (weight from cosine) and to the previous one."""
-        slot = memory.slot
         cos = self.vectors.cosines(neighbours, unit)
         col = 0
         for other_slot, c in zip(neighbours.tolist(), cos.tolist(), strict=True):
-            other = self.slots[other_slot]
-            if other is None or other.uid == memory.uid:
+            other = self.records[other_slot]
+            if other is None or other[5] == uid:
                 continue
-            weight = 0.5 + 0.5 * max(c, 0.0)
-            self._edge(slot, col, other, weight)
+            self._edge(slot, uid, col, (other_slot, other[5]), 0.5 + 0.5 * max(c, 0.0))
             col += 1
         previous = self.by_uid.get(self.last_uid)
-        if previous is not None and previous.uid != memory.uid and col < K_OUT:
-            self._edge(slot, col, previous, TEMPORAL_WEIGHT)
-        self.last_uid = memory.uid
+        if previous is not None and self.last_uid != uid and col < K_OUT:
+            self._edge(slot, uid, col, (previous, self.last_uid), TEMPORAL_WEIGHT)
+        self.last_uid = uid
 
-    def _edge(self, slot: int, col: int, other: Memory, weight: float) -> None:
-        src = self.slots[slot]
-        assert src is not None
-        self.out_uid[slot, col] = other.uid
+    def _edge(self, slot: int, uid: int, col: int, other: tuple[int, int], weight: float) -> None:
+        other_slot, other_uid = other
+        self.out_uid[slot, col] = other_uid
         self.out_w[slot, col] = weight
-        ring = int(self.in_next[other.slot])
-        self.in_uid[other.slot, ring] = src.uid
-        self.in_w[other.slot, ring] = weight
-        self.in_next[other.slot] = (ring + 1) % K_IN
+        ring = int(self.in_next[other_slot])
+        self.in_uid[other_slot, ring] = uid
+        self.in_w[other_slot, ring] = weight
+        self.in_next[other_slot] = (ring + 1) % K_IN
 
     def neighbours(self, memory: Memory) -> list[tuple[Memory, float]]:
         """Live neighbours of a memory with their link weights (out-links, then in-links)."""
         out: list[tuple[Memory, float]] = []
         slot = memory.slot
-        for uid, weight in zip(self.out_uid[slot].tolist(), self.out_w[slot].tolist(), strict=True):
-            other = self.by_uid.get(uid) if uid else None
-            if other is not None:
-                out.append((other, weight))
-        for uid, weight in zip(self.in_uid[slot].tolist(), self.in_w[slot].tolist(), strict=True):
-            other = self.by_uid.get(uid) if uid else None
+        links = zip(
+            self.out_uid[slot].tolist() + self.in_uid[slot].tolist(),
+            self.out_w[slot].tolist() + self.in_w[slot].tolist(),
+            strict=True,
+        )
+        for uid, weight in links:
+            other = self.by_uid_view(uid) if uid else None
             if other is not None:
                 out.append((other, weight))
         return out
 
     # -- eviction and activation --------------------------------------------------------------
 
-    def _evict(self) -> tuple[str, int] | None:
-        """Evict the least-activated memory (ties: oldest first); return its id and slot."""
+    def _evict(self) -> str | None:
+        """Evict the least-activated memory (ties: oldest first); return its id."""
         if not self.by_id:
             return None
         slot = int(np.argmin(self.activation))
-        memory = self.slots[slot]
-        if memory is None:
+        record = self.records[slot]
+        if record is None:
             return None
-        self._remove(memory)
+        self._remove(slot)
         self.evicted += 1
-        return memory.id, slot
+        return record[0]
 
-    def _remove(self, memory: Memory) -> None:
-        slot = memory.slot
+    def _remove(self, slot: int) -> None:
+        record = self.records[slot]
+        assert record is not None
         self.vectors.clear(slot)
         self.activation[slot] = np.inf
-        self.slots[slot] = None
-        del self.by_id[memory.id]
-        del self.by_uid[memory.uid]
+        self.records[slot] = None
+        del self.by_id[record[0]]
+        del self.by_uid[record[5]]
         self._free.append(slot)
         self.dirty = True
 
     def touch(self, memory: Memory, amount: float, now: float) -> None:
         """Raise a memory's activation after a recall or spread hit."""
+        if self.by_uid.get(memory.uid) != memory.slot:
+            return  # evicted or replaced since the view was taken
         self.activation[memory.slot] += amount
-        memory.recall_count += 1
-        memory.last_access = now
+        self.recall_count[memory.slot] += 1
+        self.last_access[memory.slot] = now
 
     # -- recall -----------------------------------------------------------------------------
 
@@ -255,7 +302,7 @@ class MemorySpace:
         hits = self.vectors.search(normalise(embedding), threshold, limit)
         out: list[tuple[Memory, float]] = []
         for slot, cos in hits:
-            memory = self.slots[slot]
+            memory = self.view(slot)
             if memory is not None:
                 out.append((memory, cos))
         return out
@@ -267,22 +314,28 @@ class MemorySpace:
         words = [w for w in query.lower().split() if w]
         if not words:
             return []
-        scored: list[tuple[Memory, float]] = []
-        for n, memory in enumerate(reversed(self.by_id.values())):
+        scored: list[tuple[int, float]] = []
+        for n, slot in enumerate(reversed(self.by_id.values())):
             if n >= scan_limit:
                 break
-            text = memory.content.lower()
+            record = self.records[slot]
+            text = record[1].lower() if record else ""
             score = sum(1 for w in words if w in text) / len(words)
             if score >= threshold and score > 0.0:
-                scored.append((memory, score))
+                scored.append((slot, score))
         scored.sort(key=lambda pair: -pair[1])
-        return scored[:limit]
+        out: list[tuple[Memory, float]] = []
+        for slot, score in scored[:limit]:
+            memory = self.view(slot)
+            if memory is not None:
+                out.append((memory, score))
+        return out
 
     def recent_memories(self, limit: int) -> list[Memory]:
         """The newest hot memories, oldest first (for consolidation)."""
         out: list[Memory] = []
         for uid in reversed(self.recent):
-            memory = self.by_uid.get(uid)
+            memory = self.by_uid_view(uid)
             if memory is not None:
                 out.append(memory)
                 if len(out) >= limit:

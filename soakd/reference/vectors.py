@@ -5,16 +5,17 @@ Doing that exactly over 100k x 768 floats per store would make this stand-in the
 bottleneck of a soak, so each vector is kept compactly, twice:
 
 * a 512-bit sign code (random hyperplanes, SimHash): the Hamming distance between
-  two codes estimates the angle between the vectors. Only the first 256 bits are
-  scanned for every slot (about a millisecond for 100k); the other 256 refine
-  the estimate for the slots that pass;
+  two codes estimates the angle between the vectors. Only the first 128 (stores)
+  or 256 (recalls) bits are scanned for every slot (a fraction of a millisecond
+  for 100k); the remaining bits refine the estimate for the slots that pass;
 * the vector itself, quantised to int8 with a per-row scale (768 B a memory,
   cosine error ~1e-3), for the exact cosine of the few remaining candidates.
 
-A slot stays a candidate while its distance is within 4 (first stage) and 3.5
+A slot stays a candidate while its distance is within 3 (first stage) and 3.5
 (second stage) standard deviations of what the requested cosine implies, so a
 memory whose true cosine sits exactly at the threshold is missed with
-probability ~3e-4, and one further above it far less. Below a threshold of
+probability ~2e-3, and one further above it far less (at 0.05 above the
+threshold, < 1e-4 for recall, ~0 for de-duplication). Below a threshold of
 about 0.3 the candidate set is capped (the nearest MAX_CANDIDATES by code).
 """
 
@@ -30,6 +31,9 @@ DIM = 768
 STAGE_WORDS = 4  # 4 x 64 = 256 bits per stage
 STAGE_BITS = STAGE_WORDS * 64
 MAX_CANDIDATES = 4096
+STORE_WORDS = 2  # 128 bits suffice to pre-filter cosines >= 0.95 (de-duplication)
+STAGE1_SIGMAS = 3.0
+STAGE2_SIGMAS = 3.5
 _FAR = 10_000  # beyond any Hamming distance
 _PLANES_SEED = 20251121  # fixed: persisted codes must stay comparable across restarts
 
@@ -130,19 +134,22 @@ class VectorStore:
         """Forget the vector in ``slot``."""
         self.used[slot] = False
 
-    def hamming(self, code: U64) -> Dist:
-        """First-stage distance of ``code`` to every allocated slot (used or not).
+    def hamming(self, code: U64, words: int = STAGE_WORDS) -> Dist:
+        """First-stage distance over the first ``words`` words, to every allocated slot.
 
-        The result is a scratch buffer, valid until the next call.
+        Used or not: callers filter by ``used``. The result is a scratch buffer,
+        valid until the next call. Stores scan 2 words (128 bits: enough to find
+        cosines >= 0.95), recalls 4 (256 bits, for thresholds down to ~0.5).
         """
         if self._alloc == 0:
             return np.zeros(0, dtype=np.uint16)
-        np.bitwise_xor(self.codes1, code[:STAGE_WORDS, None], out=self._xor)
-        np.bitwise_count(self._xor, out=self._bits)
+        xor, bits = self._xor[:words], self._bits[:words]
+        np.bitwise_xor(self.codes1[:words], code[:words, None], out=xor)
+        np.bitwise_count(xor, out=bits)
         dist = self._dist
-        np.add(self._bits[0], self._bits[1], out=dist, dtype=np.uint16)
-        for word in range(2, STAGE_WORDS):
-            dist += self._bits[word]
+        np.add(bits[0], bits[1], out=dist, dtype=np.uint16)
+        for word in range(2, words):
+            dist += bits[word]
         return dist
 
     def cosines(self, slots: I64, unit: F32) -> F32:
@@ -152,16 +159,20 @@ class VectorStore:
         dots = self.q[slots].astype(np.float32) @ unit
         return np.asarray(dots * self.scale[slots], dtype=np.float32)
 
-    def candidates(self, dist: Dist, code: U64, threshold: float) -> I64:
+    def candidates(self, dist: Dist, words: int, code: U64, threshold: float) -> I64:
         """Used slots whose 512-bit distance allows a cosine >= threshold (bounded count)."""
-        slots = np.flatnonzero(dist <= hamming_cutoff(threshold, STAGE_BITS, 4.0))
+        stage_bits = words * 64
+        slots = np.flatnonzero(dist <= hamming_cutoff(threshold, stage_bits, STAGE1_SIGMAS))
         slots = slots[self.used[slots]]
         if slots.size == 0:
             return slots.astype(np.int64)
         full = dist[slots].astype(np.int32) + _popcount_rows(
             np.bitwise_xor(self.codes2[slots], code[STAGE_WORDS:])
         )
-        keep = full <= hamming_cutoff(threshold, 2 * STAGE_BITS, 3.5)
+        if words < STAGE_WORDS:
+            rest = np.bitwise_xor(self.codes1[words:, slots], code[words:STAGE_WORDS, None])
+            full += np.bitwise_count(rest).sum(axis=0, dtype=np.int32)
+        keep = full <= hamming_cutoff(threshold, 2 * STAGE_BITS, STAGE2_SIGMAS)
         slots, full = slots[keep], full[keep]
         if slots.size > MAX_CANDIDATES:
             # Very low thresholds: keep the nearest by code only.
@@ -172,26 +183,29 @@ class VectorStore:
     def search(self, unit: F32, threshold: float, limit: int) -> list[tuple[int, float]]:
         """Slots with cosine >= threshold, best first, at most ``limit``."""
         code = sign_code(unit)
-        return self.search_with(self.hamming(code), code, unit, threshold, limit)
+        dist = self.hamming(code)
+        return self.search_with(dist, STAGE_WORDS, code, unit, threshold=threshold, limit=limit)
 
     def search_with(
-        self, dist: Dist, code: U64, unit: F32, threshold: float, limit: int
+        self, dist: Dist, words: int, code: U64, unit: F32, *, threshold: float, limit: int
     ) -> list[tuple[int, float]]:
-        """As :meth:`search`, reusing first-stage distances already computed."""
-        slots = self.candidates(dist, code, threshold)
+        """As :meth:`search`, reusing first-stage distances (over ``words``) already computed."""
+        slots = self.candidates(dist, words, code, threshold)
         cos = self.cosines(slots, unit)
         keep = cos >= threshold
         slots, cos = slots[keep], cos[keep]
         order = np.argsort(-cos, kind="stable")[: max(0, limit)]
         return [(int(slots[i]), float(cos[i])) for i in order]
 
-    def nearest(self, dist: Dist, k: int) -> I64:
+    def nearest(self, dist: Dist, words: int, k: int) -> I64:
         """About the ``k`` used slots nearest by first-stage distance (approximate kNN)."""
         if dist.size == 0 or k <= 0:
             return np.zeros(0, dtype=np.int64)
         # Widen the radius until k slots are inside: a full argpartition costs ~1 ms at
         # 100k slots, a comparison and flatnonzero a tenth of that.
-        for radius in (STAGE_BITS // 2 - 28, STAGE_BITS // 2 - 16, STAGE_BITS // 2, _FAR):
+        half = words * 32
+        sd = math.sqrt(words * 64) / 2
+        for radius in (half - 3.5 * sd, half - 2 * sd, half, _FAR):
             slots = np.flatnonzero(dist <= radius)
             slots = slots[self.used[slots]]
             if slots.size >= k or radius == _FAR:

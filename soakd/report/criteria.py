@@ -174,11 +174,18 @@ def p99_drift(m: ReportModel, spec: Spec) -> Criterion:
             continue
         measured.append(d)
         grew_ms = o.last_p99_ms - o.baseline_p99_ms
-        drifted = d >= PLAN_P99_DRIFT_PCT and grew_ms >= P99_DRIFT_FLOOR_MS
+        sure = o.significant_drift_pct
+        drifted = (
+            d >= PLAN_P99_DRIFT_PCT
+            and sure is not None
+            and sure >= PLAN_P99_DRIFT_PCT
+            and grew_ms >= P99_DRIFT_FLOOR_MS
+        )
         ok = ok and not drifted
         parts.append(
             f"{o.op}: baseline P99 {o.baseline_p99_ms:.3f} ms ({o.baseline_count} requests) "
             f"-> last {o.last_p99_ms:.3f} ms ({o.last_count}) = {d:+.1f} %"
+            + (f" (at least {sure:+.1f} % at 95 % confidence)" if sure is not None else "")
             + (" DRIFT" if drifted else "")
         )
     if not driven:
@@ -187,7 +194,8 @@ def p99_drift(m: ReportModel, spec: Spec) -> Criterion:
     parts.append(
         f"baseline = first {_h(driven[0].baseline.end - driven[0].baseline.start)} after "
         f"warm-up, last = final stretch; increases under {P99_DRIFT_FLOOR_MS:g} ms are "
-        "jitter, not drift"
+        "jitter, not drift; drift counts only when the last P99's lower 95 % bound is "
+        "5 % above the baseline P99's upper bound (short stretches are noisy)"
         if driven and driven[0].baseline is not None
         else "stretches: none"
     )

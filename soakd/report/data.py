@@ -72,11 +72,12 @@ def _report_end(
     info: RunInfo, reader: RunReader, events: Sequence[Event], now: float
 ) -> tuple[float, float | None]:
     """(the report's end, the last data time) for finished, live and killed runs."""
-    last = getattr(reader, "last_sample_time", None)
-    last_t: float | None = last() if callable(last) else None
-    if not callable(last):
-        # a reader without last_sample_time (a test fake): small enough to read whole
-        every = reader.samples()
+    last = getattr(reader, "last_sample_time", None)  # RunStore has it; the protocol does not
+    last_t: float | None
+    if callable(last):
+        last_t = last()
+    else:
+        every = reader.samples()  # a plain RunReader (a test fake): small enough to read whole
         last_t = every[-1].t if every else None
     if events:
         last_t = max(events[-1].t, last_t) if last_t is not None else events[-1].t

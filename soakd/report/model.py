@@ -83,10 +83,26 @@ class OpReport:
     last: Stretch | None
     last_p99_ms: float | None
     last_count: int
+    # 95 % bounds of the two P99s: drift is judged on them, so that sampling
+    # noise of a short stretch is not called drift (a 7-day run's bounds are tight).
+    baseline_p99_hi_ms: float | None = None
+    last_p99_lo_ms: float | None = None
     latency_series: tuple[LatencyPoint, ...] = ()
     ok_rate_series: tuple[Point, ...] = ()
     error_rate_series: tuple[Point, ...] = ()
     drop_rate_series: tuple[Point, ...] = ()
+
+    @property
+    def significant_drift_pct(self) -> float | None:
+        """How far the last P99's lower bound is above the baseline P99's upper bound, %."""
+        if (
+            self.baseline_p99_ms is None
+            or self.baseline_p99_ms <= 0.0
+            or self.baseline_p99_hi_ms is None
+            or self.last_p99_lo_ms is None
+        ):
+            return self.drift_pct
+        return (self.last_p99_lo_ms - self.baseline_p99_hi_ms) / self.baseline_p99_ms * 100.0
 
     @property
     def drift_pct(self) -> float | None:

@@ -51,23 +51,35 @@ def _window(
     return [interval_row(r) for r in reader.intervals(op, since, until) if lo <= r.start < hi]
 
 
+def p99_bounds(n: int, z: float = 1.96) -> tuple[float, float]:
+    """Percentiles bounding the P99 of ``n`` samples with ~95 % confidence.
+
+    Distribution-free: the order statistics at ranks ``n*p -+ z*sqrt(n*p*(1-p))``
+    bracket the true quantile, so no latency model is assumed.
+    """
+    half = 100.0 * z * math.sqrt(0.99 * 0.01 / max(n, 1))
+    return max(0.0, 99.0 - half), min(100.0, 99.0 + half)
+
+
 def _stretch_p99(
     reader: RunReader,
     conn: sqlite3.Connection | None,
     op: Op,
     stretch: Stretch | None,
     pad_s: float,
-) -> tuple[float | None, int]:
-    """P99 (ms) and count of ``op``'s records whose midpoint lies in ``stretch``."""
+) -> tuple[float | None, int, float | None, float | None]:
+    """P99 (ms), count, and the P99's 95 % bounds (ms) of ``op`` in ``stretch``."""
     if stretch is None:
-        return None, 0
+        return None, 0, None, None
     m = Merger()
     for r in _window(reader, conn, op, stretch.start - pad_s, stretch.end + 1e-6):
         if stretch.start <= (r[0] + r[1]) / 2.0 <= stretch.end:
             m.add_blob(r[7])
     if m.count == 0:
-        return None, 0
-    return m.percentiles_ms((99.0,))[0], m.count
+        return None, 0, None, None
+    lo_q, hi_q = p99_bounds(m.count)
+    p99, lo, hi = m.percentiles_ms((99.0, lo_q, hi_q))
+    return p99, m.count, lo, hi
 
 
 class _Acc:
@@ -150,8 +162,8 @@ def scan_op(
     if not seen:
         return None
     acc.close_window()
-    base_p99, base_n = _stretch_p99(reader, conn, op, baseline, stats_interval_s)
-    last_p99, last_n = _stretch_p99(reader, conn, op, last, stats_interval_s)
+    base_p99, base_n, _, base_hi = _stretch_p99(reader, conn, op, baseline, stats_interval_s)
+    last_p99, last_n, last_lo, _ = _stretch_p99(reader, conn, op, last, stats_interval_s)
     return OpReport(
         op=op.value,
         target_rate=target_rate,
@@ -167,9 +179,11 @@ def scan_op(
         baseline=baseline,
         baseline_p99_ms=base_p99,
         baseline_count=base_n,
+        baseline_p99_hi_ms=base_hi,
         last=last,
         last_p99_ms=last_p99,
         last_count=last_n,
+        last_p99_lo_ms=last_lo,
         latency_series=tuple(acc.points),
         ok_rate_series=_ds(acc.rate_t, acc.ok_rate),
         error_rate_series=_ds(acc.rate_t, acc.err_rate),

@@ -3,13 +3,14 @@
 A 7-day report costs ~9 s of CPU. Run in a thread of the daemon
 (``asyncio.to_thread``), it shares the GIL with the event loop that paces the
 load, and the loop's lateness lands in the measured response times. Measured on
-this 2-core machine (a 10 ms asyncio ticker, two rounds each, 7-day store):
+this 2-core machine (``bench/report_7day.py --lateness``: a 10 ms asyncio
+ticker, three rounds, 7-day store):
 
 ============================  ==========  ==========
 while ...                     p99         max
 ============================  ==========  ==========
-nothing runs                  4-7 ms      11-24 ms
-a report runs in a thread     31-40 ms    63-99 ms
+nothing runs                  2.5-7 ms    4-24 ms
+a report runs in a thread     19-40 ms    39-99 ms
 a report runs in a child      3-13 ms     4-35 ms
 ============================  ==========  ==========
 

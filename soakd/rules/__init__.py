@@ -9,7 +9,13 @@ sections. See docs/alerting.md for each rule's definition and defaults.
 
 from soakd.rules.cadence import CadenceSummary, cadence_summary
 from soakd.rules.engine import AlertEngine, alert_key
-from soakd.rules.evaluate import DERIVED_METRICS, RuleResult, evaluate_rule, threshold_value
+from soakd.rules.evaluate import (
+    DERIVED_METRICS,
+    RuleResult,
+    evaluate_rule,
+    leak_verdict,
+    threshold_value,
+)
 from soakd.rules.inputs import EVENT_KINDS, RuleInputs, downsample, gather_inputs
 from soakd.rules.leak import LeakFit, leak_fit
 from soakd.rules.windows import Windows, default_windows
@@ -30,5 +36,6 @@ __all__ = [
     "evaluate_rule",
     "gather_inputs",
     "leak_fit",
+    "leak_verdict",
     "threshold_value",
 ]

@@ -10,6 +10,7 @@ data dries up.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ from soakd.rules.inputs import RuleInputs
 from soakd.rules.leak import LeakFit, leak_fit
 from soakd.rules.windows import Windows, cadence_window_s, default_windows
 from soakd.spec.model import AlertKind, AlertRuleSpec
-from soakd.stats import merge_blobs
+from soakd.stats import Histogram, merge_blobs
 
 #: A latency comparison needs this many requests on each side.
 PERF_MIN_COUNT = 200
@@ -29,6 +30,10 @@ PERF_MIN_COUNT = 200
 PERF_MIN_DELTA_MS = 1.0
 #: Engram's own plan flags a leak at R² > 0.8 (engram-api.md §6).
 LEAK_MIN_R2 = 0.8
+#: A trend must have moved RSS by at least this much (and 1 % of the baseline) to count:
+#: minutes of allocator creep extrapolate to tens of percent a day.
+LEAK_MIN_GROWTH_BYTES = 4 * 1024 * 1024
+LEAK_MIN_GROWTH_SHARE = 0.01
 #: The second half of the fitted stretch must still grow at this share of the whole rate.
 LEAK_SUSTAINED_SHARE = 0.5
 #: An error rate needs this many requests in the window.
@@ -91,6 +96,7 @@ def _leak(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResul
         window_s=rule.window_s or w.leak_window_s,
         now=inputs.now,
         min_span_s=w.leak_min_span_s,
+        current_process_only=True,
     )
     active, why = _leak_verdict(rule, fit, w)
     value = fit.judged_pct_per_day if rule.threshold > 0 else fit.judged_mb_per_h
@@ -98,6 +104,26 @@ def _leak(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResul
 
 
 def _leak_verdict(rule: AlertRuleSpec, fit: LeakFit, w: Windows) -> tuple[bool, str]:
+    return leak_verdict(
+        fit,
+        threshold_pct_per_day=rule.threshold,
+        abs_mb_per_h=rule.abs_mb_per_h,
+        min_span_s=w.leak_min_span_s,
+    )
+
+
+def leak_verdict(
+    fit: LeakFit,
+    *,
+    threshold_pct_per_day: float,
+    abs_mb_per_h: float | None = None,
+    min_span_s: float = 0.0,
+) -> tuple[bool, str]:
+    """Is ``fit`` a leak under these thresholds? ``(leaking, why)``; the memory_leak rule's test.
+
+    ``threshold_pct_per_day`` <= 0 switches the relative test off (only MB/h
+    counts). The report uses this too, so its verdict and the alert agree.
+    """
     if fit.judged == "follows_data":
         per = fit.marginal_bytes_per_memory or 0.0
         return False, (
@@ -105,10 +131,10 @@ def _leak_verdict(rule: AlertRuleSpec, fit: LeakFit, w: Windows) -> tuple[bool, 
             f"memories, {per / 1024:.1f} KiB per memory): not judged while filling"
         )
     pct, mb, r2 = fit.judged_pct_per_day, fit.judged_mb_per_h, fit.judged_r2
-    if pct is None or mb is None or r2 is None or fit.span_s < w.leak_min_span_s:
+    if pct is None or mb is None or r2 is None or fit.span_s < min_span_s:
         return False, f"memory trend not judged yet ({fit.points} samples over {fit.span_s:.0f} s)"
-    over_pct = rule.threshold > 0 and pct > rule.threshold
-    over_abs = rule.abs_mb_per_h is not None and mb > rule.abs_mb_per_h
+    over_pct = threshold_pct_per_day > 0 and pct > threshold_pct_per_day
+    over_abs = abs_mb_per_h is not None and mb > abs_mb_per_h
     # still growing over the stretch's second half at >= half the whole rate: a growth
     # that levels off (a cache, a metrics window filling) is a warm-up, not a leak
     sustained = (
@@ -121,8 +147,17 @@ def _leak_verdict(rule: AlertRuleSpec, fit: LeakFit, w: Windows) -> tuple[bool, 
         "exceeds_data": " beyond what the dataset explains",
     }.get(fit.judged, "")
     text = f"RSS grows {pct:+.1f} %/day ({mb:+.2f} MB/h, R² {r2:.2f}){where}"
+    growth = fit.judged_growth_bytes or 0.0
+    floor = max(LEAK_MIN_GROWTH_BYTES, LEAK_MIN_GROWTH_SHARE * (fit.baseline_bytes or 0.0))
+    if growth < floor:
+        return False, f"{text}; only {growth / 1e6:.2f} MB so far, too little to call a trend"
     if (over_pct or over_abs) and r2 >= LEAK_MIN_R2 and sustained:
         return True, text
+    if not sustained and (over_pct or over_abs):
+        return (
+            False,
+            f"{text}; levelling off (second half {fit.recent_pct_per_day or 0:+.1f} %/day)",
+        )
     return False, text
 
 
@@ -154,15 +189,18 @@ def _perf_op(
 ) -> RuleResult:
     base_lo, base_hi, window_lo = bounds
     labels = {"operation": op.value}
-    recent = merge_blobs(r.response_hist for r in records if r.start >= window_lo)
+    window_records = [r for r in records if r.start >= window_lo]
+    thirds_hists = _thirds(window_records)
+    recent = Histogram()
+    for h in thirds_hists:
+        recent.merge(h)
     file_base = inputs.baseline_p99_ms.get(op) if q == 99.0 else None
     if file_base is not None:
         base_ms, base_n, source = file_base, PERF_MIN_COUNT, "baseline file"
     else:
-        base = merge_blobs(
-            r.response_hist for r in records if r.start >= base_lo and r.end <= base_hi
-        )
-        base_ms, base_n, source = base.percentile_ms(q), base.count, "first stretch after warm-up"
+        blobs = tuple(r.response_hist for r in records if r.start >= base_lo and r.end <= base_hi)
+        base_ms, base_n = _baseline_percentile(blobs, q)
+        source = "first stretch after warm-up"
     name = f"P{q:g}"
     if base_n < PERF_MIN_COUNT or recent.count < PERF_MIN_COUNT or base_ms <= 0:
         why = f"{op} {name} not judged yet (baseline {base_n}, window {recent.count} requests)"
@@ -173,7 +211,11 @@ def _perf_op(
     def degraded(ms: float) -> bool:
         return (ms / base_ms - 1.0) * 100.0 > rule.threshold and ms - base_ms >= PERF_MIN_DELTA_MS
 
-    thirds = _thirds_ms([r for r in records if r.start >= window_lo], q)
+    thirds = (
+        [h.percentile_ms(q) for h in thirds_hists]
+        if all(h.count >= PERF_MIN_COUNT // 3 for h in thirds_hists)
+        else []
+    )
     active = degraded(now_ms) and all(degraded(ms) for ms in thirds)
     detail = {
         "baseline_ms": base_ms,
@@ -187,20 +229,25 @@ def _perf_op(
     return _result(rule, active, pct, why, labels=labels, detail=detail)
 
 
-def _thirds_ms(records: Sequence[IntervalRecord], q: float) -> list[float]:
-    """The percentile in each third of the window (empty when a third is too thin to judge).
+def _thirds(records: Sequence[IntervalRecord]) -> list[Histogram]:
+    """The window's histogram in three consecutive parts (each record decoded once).
 
     A degradation must show in every third: a burst of load on a shared machine
     lifts one stretch's tail, a regression or a drift lifts them all.
     """
     n = len(records)
-    out: list[float] = []
-    for i in range(3):
-        hist = merge_blobs(r.response_hist for r in records[i * n // 3 : (i + 1) * n // 3])
-        if hist.count < PERF_MIN_COUNT // 3:
-            return []
-        out.append(hist.percentile_ms(q))
-    return out
+    return [
+        merge_blobs(r.response_hist for r in records[i * n // 3 : (i + 1) * n // 3])
+        for i in range(3)
+    ]
+
+
+@functools.lru_cache(maxsize=8)  # one per op and percentile; each holds its blobs
+def _baseline_percentile(blobs: tuple[bytes, ...], q: float) -> tuple[float, int]:
+    """(percentile ms, count) of the baseline records; memoised, as the baseline stops
+    changing once its stretch is over (keyed by the encodings themselves, so never stale)."""
+    hist = merge_blobs(blobs)
+    return hist.percentile_ms(q), hist.count
 
 
 # -- consolidation ---------------------------------------------------------------

@@ -66,6 +66,7 @@ class LeakFit:
     judged_mb_per_h: float | None
     judged_r2: float | None
     recent_pct_per_day: float | None  # slope over the judged stretch's second half
+    judged_growth_bytes: float | None  # the judged slope times the judged span
 
     def as_dict(self) -> dict[str, object]:
         """Every field, for the rule's detail and the report."""
@@ -108,6 +109,19 @@ def _flat_start(mems: Sequence[tuple[float, float]]) -> int:
     return i
 
 
+def _current_process_since(samples: Sequence[Sample]) -> float:
+    """Time of the first sample of the last PID seen (-inf when it never changed)."""
+    last_pid: int | None = None
+    since = float("-inf")
+    for s in samples:
+        if s.pid is None:
+            continue
+        if last_pid is not None and s.pid != last_pid:
+            since = s.t
+        last_pid = s.pid
+    return since
+
+
 @dataclass(frozen=True)
 class _Judged:
     how: str
@@ -125,6 +139,7 @@ def leak_fit(
     min_span_s: float = 0.0,
     field: str = "rss_bytes",
     bytes_per_memory_ceiling: float = BYTES_PER_MEMORY_CEILING,
+    current_process_only: bool = False,
 ) -> LeakFit:
     """Fit the growth of ``field`` (RSS by default) over the samples after warm-up.
 
@@ -132,9 +147,14 @@ def leak_fit(
     sample's time and ``now`` to the last one's. The baseline is taken right
     after warm-up; the trend over the trailing ``window_s`` (default: everything
     after warm-up). A flat stretch must cover ``min_span_s`` (and 10 points) to
-    be judged on its own.
+    be judged on its own. ``current_process_only`` (the alert rule sets it)
+    fits only the samples of the last PID, after its own warm-up.
     """
     start = run_started if run_started is not None else (samples[0].t if samples else 0.0)
+    # a restarted target starts its memory afresh: the rule judges its current process
+    # only, after its own warm-up (a new process climbing back up is not a leak)
+    if current_process_only:
+        start = max(start, _current_process_since(samples))
     post = [s for s in samples if s.t >= start + warmup_s]
     end = now if now is not None else (post[-1].t if post else start)
     pts_all = _points(post, field)
@@ -195,6 +215,7 @@ def leak_fit(
         judged_mb_per_h=fig.mb,
         judged_r2=fig.r2,
         recent_pct_per_day=fig.recent,
+        judged_growth_bytes=fig.growth,
     )
 
 
@@ -206,6 +227,7 @@ class _Figures:
     mb: float | None = None
     r2: float | None = None
     recent: float | None = None
+    growth: float | None = None
 
 
 def _judge(judged: _Judged) -> _Figures:
@@ -220,4 +242,4 @@ def _judge(judged: _Judged) -> _Figures:
     pct, mb = _rates(line, judged.baseline)
     half = [p for p in pts if p[0] >= pts[0][0] + span / 2.0]
     recent = _rates(fit_line(half), judged.baseline)[0] if len(half) >= 2 else None
-    return _Figures(judged.how, span, pct, mb, line.r2, recent)
+    return _Figures(judged.how, span, pct, mb, line.r2, recent, line.slope * span)

@@ -38,7 +38,7 @@ def default_windows(planned_duration_s: float) -> Windows:
     length             share of the run        floor     ceiling
     =================  =====================  ========  ========
     warm-up            10 %                    10 s      1 h
-    leak warm-up (a)   10 %                    6 min     1 h
+    leak warm-up (a)   10 %                    6 min     1 h     (floor at most half the run)
     leak window        25 %                    10 min    24 h
     leak min span      5 %                     60 s      1 h
     latency baseline   10 %                    60 s      1 h
@@ -50,13 +50,14 @@ def default_windows(planned_duration_s: float) -> Windows:
     ``/metrics/prometheus``), and so does the reference target: its RSS grows
     for the first five minutes at any steady request rate and then levels off,
     which a fit over that stretch reads as a leak. The floor is that window
-    plus a minute, even for runs shorter than that: a run under ~7 minutes
-    gets no leak verdict rather than a wrong one.
+    plus a minute, or half the run if that is shorter: a short run is judged
+    on its second half, where the rule's minimum growth (4 MiB) keeps such a
+    metrics window quiet at test rates and still catches a gross leak.
     """
     d = max(0.0, planned_duration_s)
     return Windows(
         warmup_s=_clamp(0.10 * d, 10.0, 3600.0),
-        leak_warmup_s=_clamp(0.10 * d, 360.0, 3600.0),
+        leak_warmup_s=_clamp(0.10 * d, min(360.0, 0.5 * d), 3600.0),
         leak_window_s=_clamp(0.25 * d, 600.0, 86400.0),
         leak_min_span_s=_clamp(0.05 * d, 60.0, 3600.0),
         baseline_s=_clamp(0.10 * d, 60.0, 3600.0),

@@ -25,20 +25,26 @@ def test_signal_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     """SIGTERM and SIGINT stop the server with exit 0 and remove its PID file."""
     pid_file = tmp_path / "engram.pid"
     ref = start_reference("--pid-file", str(pid_file))
-    assert pid_file.exists()
-    ref.kill(sig)
-    assert ref.wait(15) == 0
-    assert not pid_file.exists()
+    try:
+        assert pid_file.exists()
+        ref.kill(sig)
+        assert ref.wait(15) == 0
+        assert not pid_file.exists()
+    finally:
+        ref.stop()
 
 
 def test_post_shutdown_stops_cleanly(tmp_path: Path) -> None:
     """POST /shutdown answers shutdown_initiated, then the process exits 0."""
     pid_file = tmp_path / "engram.pid"
     ref = start_reference(env={"ENGRAM_PID_PATH": str(pid_file)})
-    result = http("POST", f"{ref.url}/shutdown")
-    assert result.status == 200 and result.json()["status"] == "shutdown_initiated"
-    assert ref.wait(15) == 0
-    assert not pid_file.exists()
+    try:
+        result = http("POST", f"{ref.url}/shutdown")
+        assert result.status == 200 and result.json()["status"] == "shutdown_initiated"
+        assert ref.wait(15) == 0
+        assert not pid_file.exists()
+    finally:
+        ref.stop()
 
 
 def test_busy_port_moves_to_next_one() -> None:

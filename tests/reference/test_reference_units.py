@@ -188,3 +188,39 @@ def test_reference_imports_nothing_else_of_soakd() -> None:
                 if name.split(".")[0] == "soakd" and not name.startswith("soakd.reference")
             ]
     assert offenders == []
+
+
+def test_memories_are_not_gc_tracked() -> None:
+    """Records are atomic tuples and id maps hold str/int, so full GC passes stay short."""
+    import gc
+
+    space = MemorySpace("s", 100)
+    for i in range(10):
+        space.remember(f"m{i}", "x", unit_embedding(i), 0.7, 0.0)
+    gc.collect()
+    assert not any(gc.is_tracked(r) for r in space.records)
+    assert not gc.is_tracked(space.by_id) and not gc.is_tracked(space.by_uid)
+
+
+def test_help_documents_every_knob_and_its_env_var() -> None:
+    """--help names every option with its environment variable, and --stock's."""
+    from soakd.reference.cli import OPTIONS, STOCK_ENV, build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    for opt in OPTIONS:
+        assert opt.flag in text
+        if opt.env:
+            assert f"env {opt.env}" in text
+    assert "--stock" in text and STOCK_ENV in text
+    docs = (Path(__file__).parents[2] / "docs" / "reference-target.md").read_text()
+    for opt in OPTIONS:
+        if opt.help.startswith("FAULT"):
+            assert opt.flag in docs and str(opt.env) in docs
+
+
+def test_main_returns_usage_status_instead_of_exiting() -> None:
+    """cli.main returns 2 for a bad value and 0 for --help, without raising SystemExit."""
+    from soakd.reference.cli import main
+
+    assert main(["--write-loss", "1.5"]) == 2
+    assert main(["--help"]) == 0

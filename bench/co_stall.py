@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     load_avg,
     machine_header,
     percentile,
@@ -47,7 +47,7 @@ from bench.common import (  # noqa: E402
     soakd_fixed_cmd,
     stop_process,
 )
-from soakd.reference.harness import start_reference  # noqa: E402
+from soakd.reference.harness import start_reference
 
 NS = 1_000_000_000
 

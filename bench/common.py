@@ -56,7 +56,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0-100) by nearest rank over an already sorted sequence."""
     if not values:
         return 0.0
-    rank = max(0, min(len(values) - 1, int(round(q / 100.0 * len(values) + 0.5)) - 1))
+    rank = max(0, min(len(values) - 1, round(q / 100.0 * len(values) + 0.5) - 1))
     return float(values[rank])
 
 
@@ -355,8 +355,8 @@ def _soakd_fixed(argv: list[str]) -> int:
             cpu = cpu_seconds_self() - cpu0
         tot = hub.totals(Op.RECALL)
         if a.record:
-            with open(a.record, "w") as fh:
-                fh.writelines(f"{i} {d} {o}\n" for i, d, o in rec)
+            text = "".join(f"{i} {d} {o}\n" for i, d, o in rec)
+            await asyncio.to_thread(Path(a.record).write_text, text)
         target = a.rate * a.window
         return ToolResult(
             tool="soakd", rate=a.rate, duration_s=a.duration, issued=sched.issued,

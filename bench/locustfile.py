@@ -20,7 +20,7 @@ from when it was due): what Locust's report would show.
 
 from __future__ import annotations
 
-import gevent  # noqa: I001 - gevent first: Locust patches the interpreter on import
+import gevent  # type: ignore[import-untyped]
 from gevent import monkey
 
 monkey.patch_all()
@@ -125,7 +125,7 @@ def _env(user: type[FastHttpUser], url: str) -> Environment:
     parts = urlsplit(url)
     R.path = parts.path or "/"
     env = Environment(user_classes=[user], host=f"{parts.scheme}://{parts.netloc}")
-    env.events.request.add_listener(on_request)
+    env.events.request.add_listener(on_request)  # type: ignore[no-untyped-call]
     return env
 
 

@@ -27,7 +27,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import shutil
 import subprocess
@@ -38,12 +37,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import load_avg, machine_header, mib, nginx, rss_bytes, stop_process  # noqa: E402
-from soakd.clock import SystemClock  # noqa: E402
-from soakd.model import ConsolidationRun, Event, Op, OpResult, Outcome, RunInfo, Sample  # noqa: E402
-from soakd.scheduler import NS_PER_S, Scheduler, arrival_offset_ns  # noqa: E402
-from soakd.stats import Histogram, StatsHub  # noqa: E402
-from soakd.store import DB_NAME, Batch, RunStore  # noqa: E402
+from bench.common import load_avg, machine_header, mib, nginx, rss_bytes, stop_process
+from soakd.clock import SystemClock
+from soakd.model import ConsolidationRun, Event, Op, OpResult, Outcome, RunInfo, Sample
+from soakd.scheduler import Scheduler, arrival_offset_ns
+from soakd.stats import Histogram, StatsHub
+from soakd.store import DB_NAME, Batch, RunStore
 
 OPS = (Op.STORE, Op.RECALL, Op.SPREAD)
 
@@ -91,12 +90,13 @@ async def soakd_run(a: argparse.Namespace) -> None:
         "longrun", rate, clock=clock, fire=fire_synthetic if synthetic else fire_network,
         # Synthetic requests finish on their first step, but only once the loop runs
         # them: a burst of 512 must never hit the cap (every operation is recorded).
-        max_in_flight=10_000 if synthetic else 1000, on_dropped=lambda k, t: hub.on_dropped(OPS[k % 3], t),
+        max_in_flight=10_000 if synthetic else 1000,
+        on_dropped=lambda k, t: hub.on_dropped(OPS[k % 3], t),
     )  # fmt: skip
     origin = clock.monotonic_ns() + 10_000_000
     t0 = time.monotonic()
     rss0 = rss_bytes()
-    print(f"| operations | RSS MiB | growth MiB | wall s | ops/s so far | rolls | load1 |")
+    print("| operations | RSS MiB | growth MiB | wall s | ops/s so far | rolls | load1 |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| 0 | {mib(rss0)} | 0.0 | 0.0 | - | 0 | {load_avg().split()[0]} |", flush=True)
     done, rolls = 0, 0
@@ -230,7 +230,8 @@ def store_mode(a: argparse.Namespace) -> int:
             if s % 60 == 59:
                 for i in range(10):
                     batch.consolidation_runs.append(ConsolidationRun(
-                        f"space_{i + 1:02d}", t, "2027-01-15T08:00:00.000Z", t - 0.4, 60.0 + rnd.random(),
+                        f"space_{i + 1:02d}", t, "2027-01-15T08:00:00.000Z", t - 0.4,
+                        60.0 + rnd.random(),
                     ))  # fmt: skip
             if s % 1200 == 0:
                 batch.events.append(Event(t, "note", "simulated event", {"s": s}))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,18 +34,6 @@ def parse_duration(text: str) -> float:
     if text and text[-1] in units:
         return float(text[:-1]) * units[text[-1]]
     return float(text)
-
-
-def dir_bytes(path: Path) -> int:
-    """Bytes of every file under ``path`` (the run store: SQLite + WAL + status)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(root) / name).stat().st_size
-            except OSError:
-                pass
-    return total
 
 
 def store_bytes(state_dir: Path) -> int:
@@ -102,7 +89,8 @@ def main(argv: list[str]) -> int:
                 r = ref_watch.sample()
                 dt = max(1e-9, s.t - prev.t)
                 print(
-                    f"| {s.t:>5.0f} | {s.cpu_s:>11.2f} | {100 * (s.cpu_s - prev.cpu_s) / dt:>15.2f} "
+                    f"| {s.t:>5.0f} | {s.cpu_s:>11.2f} "
+                    f"| {100 * (s.cpu_s - prev.cpu_s) / dt:>15.2f} "
                     f"| {mib(s.rss_bytes):>7} | {100 * (r.cpu_s - prev_ref.cpu_s) / dt:>8.1f} "
                     f"| {mib(store_bytes(state / 'run')):>9} | {s.load1:>5.2f} |",
                     flush=True,

@@ -29,6 +29,7 @@ K_IN = 6
 TEMPORAL_WEIGHT = 1.0
 # Ties in activation are broken oldest-first: each uid adds this much.
 _RECENCY_EPS = 1e-9
+RECENT = 1024  # >= the consolidation window (256), with room for evicted entries
 A = TypeVar("A", bound=npt.NDArray[Any])
 CONSTANT_VECTOR = normalise([0.5] * 768)  # Engram's vector for stores without one
 
@@ -94,7 +95,7 @@ class MemorySpace:
         self.in_next = np.zeros(0, dtype=np.int8)
         self.next_uid = 1
         self.last_uid = 0
-        self.recent: deque[int] = deque(maxlen=4096)
+        self.recent: deque[int] = deque(maxlen=RECENT)  # newest uids, for consolidation
         self.dirty = False
         self.stores = 0
         self.deduplicated = 0

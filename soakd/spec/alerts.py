@@ -391,3 +391,46 @@ def _operations(
         elif name not in names:
             names.append(name)
     return tuple(names)
+
+
+#: What an SRE expects to be paged for even when the spec names no rule for it
+#: (the plan's spec names only three): the kind, its threshold, and why.
+IMPLICIT_KINDS: tuple[tuple[AlertKind, float, str], ...] = (
+    (AlertKind.CRASH, 0.0, "the target crashed or was restarted"),
+    (AlertKind.INTEGRITY, 0.0, "a write was lost or read back corrupted"),
+    (
+        AlertKind.SOAKD_SATURATED,
+        0.05,
+        "over 5 % of arrivals late or dropped: soakd's own figures are in doubt",
+    ),
+)
+
+
+def with_implicit_rules(
+    rules: tuple[AlertRuleSpec, ...], min_free_disk_bytes: int
+) -> tuple[AlertRuleSpec, ...]:
+    """``rules`` plus a default rule for every implicit kind the spec does not cover.
+
+    Each added rule is named after its kind and carries the annotation
+    ``implicit: "true"``, so reports and pages say it was not in the spec.
+    """
+    present = {r.kind for r in rules}
+    names = {r.name for r in rules}
+    extra: list[AlertRuleSpec] = []
+    defaults = [
+        *IMPLICIT_KINDS,
+        (AlertKind.DISK_SPACE, float(min_free_disk_bytes), "the state dir's disk is nearly full"),
+    ]
+    for kind, threshold, summary in defaults:
+        if kind in present or kind.value in names:
+            continue
+        extra.append(
+            AlertRuleSpec(
+                name=kind.value,
+                kind=kind,
+                threshold=threshold,
+                condition="<" if kind is AlertKind.DISK_SPACE else ">",
+                annotations=(("summary", summary), ("implicit", "true")),
+            )
+        )
+    return rules + tuple(extra)

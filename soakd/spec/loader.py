@@ -20,7 +20,7 @@ import re
 import yaml
 
 from soakd.errors import Problem, SpecError
-from soakd.spec.alerts import read_alerts
+from soakd.spec.alerts import read_alerts, with_implicit_rules
 from soakd.spec.fields import Ctx, Section, as_str
 from soakd.spec.model import ExporterSpec, Spec
 from soakd.spec.netaddr import check_http_url, check_listen
@@ -110,15 +110,18 @@ def _read_spec(ctx: Ctx, root: yaml.Node) -> Spec:
     top = Section(ctx, root, "", TOP_KEYS, required=("duration", "workload"))
     workload = read_workload(ctx, top.present("workload"))
     driven = [op.operation for op in workload.operations]
+    sampling = read_sampling(ctx, top.present("sampling"))
     return Spec(
         duration_s=top.duration("duration", 1.0, above_zero=True, maximum=MAX_DURATION_S),
         operations=workload.operations,
         consolidation=workload.consolidation,
         monitoring=read_monitoring(ctx, top.present("monitoring")),
-        alerts=read_alerts(ctx, top.present("alerts"), driven),
+        alerts=with_implicit_rules(
+            read_alerts(ctx, top.present("alerts"), driven), sampling.min_free_disk_bytes
+        ),
         receivers=read_receivers(ctx, top.present("receivers")),
         target=read_target(ctx, top.present("target")),
-        sampling=read_sampling(ctx, top.present("sampling")),
+        sampling=sampling,
         integrity=read_integrity(ctx, top.present("integrity")),
         exporter=read_exporter(ctx, top.present("exporter")),
         seed=top.integer("seed", 0, 0, 2**63 - 1),

@@ -3,8 +3,9 @@
 tests/spec/ proves the loader (mutations, YAML bombs, huge files); this file
 proves the whole CLI path users take (``soakd validate`` and ``soakd run``,
 argument parsing, error mapping, printing). It calls ``soakd.cli.main`` in
-this process, which is the very function the console script runs, because a
-process per hypothesis example would be far too slow; one real child
+this process, which is the very function the console script runs (only its
+logging set-up is patched out), because a process per hypothesis example
+would be far too slow; one real child
 process at the end checks the same for ``soakd run``.
 
 Every mutation here is invalid by construction (an unknown key, a required
@@ -21,6 +22,7 @@ import json
 import subprocess
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -57,7 +59,13 @@ def _validate(tmp: Path, text: str | bytes) -> tuple[int, str]:
     else:
         spec.write_text(text, encoding="utf-8")
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # Logging set-up is left alone: configuring structlog here would send the
+    # rest of the session's logs to this StringIO.
+    with (
+        mock.patch("soakd.cli.configure"),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         code = main(["validate", str(spec)])
     return code, out.getvalue() + err.getvalue()
 

@@ -52,11 +52,22 @@ def test_plan_spec_every_key() -> None:
         "consolidation_cadence",
         "query_latency_p99",
     )
-    rules = {(a.name, a.kind, a.threshold) for a in spec.alerts}
+    rules = {
+        (a.name, a.kind, a.threshold)
+        for a in spec.alerts
+        if dict(a.annotations).get("implicit") != "true"
+    }
     assert rules == {
         ("memory_leak", AlertKind.MEMORY_LEAK, 10.0),
         ("performance_degradation", AlertKind.PERFORMANCE_DEGRADATION, 20.0),
         ("consolidation_failure", AlertKind.CONSOLIDATION_FAILURE, 5.0),
+    }
+    implicit = {a.kind for a in spec.alerts if dict(a.annotations).get("implicit") == "true"}
+    assert implicit == {
+        AlertKind.CRASH,
+        AlertKind.INTEGRITY,
+        AlertKind.SOAKD_SATURATED,
+        AlertKind.DISK_SPACE,
     }
     assert spec.space_count == 10
     assert re.fullmatch(r"[0-9a-f]{64}", spec.fingerprint)
@@ -376,3 +387,14 @@ def test_every_model_field_is_settable_from_yaml() -> None:
     ]
     for cls, keys, renames in cases:
         assert _field_keys(cls, renames) - set(keys) == set(), cls.__name__
+
+
+def test_implicit_rule_yields_to_the_specs_own() -> None:
+    """A spec that names a crash rule keeps it; only the kinds it leaves out are added."""
+    text = PLAN.read_text() + '  - crash: "any restart"\n'
+    spec = load_spec_text(text, "plan+crash.yaml")
+    crash = [a for a in spec.alerts if a.kind is AlertKind.CRASH]
+    assert len(crash) == 1
+    assert dict(crash[0].annotations).get("implicit") is None
+    disk = next(a for a in spec.alerts if a.kind is AlertKind.DISK_SPACE)
+    assert disk.threshold == spec.sampling.min_free_disk_bytes

@@ -1,0 +1,143 @@
+"""The exporter scraped 100 times a second must not disturb the schedule.
+
+Two soaks at 500 ops/s run side by side (same machine noise for both): one
+with four threads in this process scraping its /metrics 100 times a second in
+all, one left alone. Schedule lag (actual send minus intended send) comes from
+the run store's per-interval lag histograms. Timing on a shared 2-core machine
+is noisy, so the test asserts only a generous bound for both runs and that
+the scrapes really happened; the measured figures are in docs/reliability.md
+(run this file with ``-s`` to see them printed).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from soakd.model import Op
+from soakd.store import RunStore
+from soakd.stats import merge_blobs
+from soakd.testing import free_port, soak_spec, wait_for
+
+#: The ``spawn`` fixture of conftest.py: ``spawn(args, stderr_file) -> Popen``.
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
+SCRAPES_PER_S = 100
+SCRAPERS = 4
+#: Generous: the scheduler's own lag p99 is ~1-2 ms on an idle machine (field
+#: notes); this catches a scrape storm that stalls the event loop, not noise.
+LAG_P99_BOUND_MS = 50.0
+pytestmark = pytest.mark.timeout(180)
+
+
+def _metrics_address(stderr: Path) -> str | None:
+    for line in stderr.read_text().splitlines():
+        if '"metrics_listening"' in line:
+            return str(json.loads(line)["address"])
+    return None
+
+
+def _lag(state: Path) -> dict[str, tuple[float, float, int]]:
+    """Per operation: lag p99 and max in ms, and the number of requests."""
+    store = RunStore.open(state, readonly=True)
+    try:
+        out = {}
+        for op in (Op.STORE, Op.RECALL, Op.SPREAD):
+            hist = merge_blobs(r.lag_hist for r in store.intervals(op))
+            out[op.value] = (hist.percentile_ms(99), hist.max_ms(), hist.count())
+        return out
+    finally:
+        store.close()
+
+
+class Scraper:
+    """Threads that GET a URL at a fixed total rate until stopped; counts good answers."""
+
+    def __init__(self, url: str, rate: float, threads: int) -> None:
+        self.url, self.period = url, threads / rate
+        self.ok = self.failed = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def _loop(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    good = resp.status == 200 and b"soakd_" in resp.read()
+            except OSError:
+                good = False
+            with self._lock:
+                if good:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+            next_t += self.period
+            # A fixed-rate loop: wait for the next slot (bounded by the period).
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+
+@pytest.mark.slow
+def test_scrape_storm_leaves_the_schedule_undisturbed(tmp_path: Path, spawn: Spawn) -> None:
+    """100 scrapes/s during a 500 ops/s soak: lag p99 within the bound, like the quiet twin's."""
+    states: dict[str, tuple[Path, Path]] = {}
+    procs = {}
+    for name in ("scraped", "quiet"):
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(
+            soak_spec(
+                free_port(),
+                duration="16s",
+                store=300,
+                recall=150,
+                spread=50,
+                spaces=4,
+                consolidation_interval=None,
+                extra="sampling: {stats_interval: 1s}",
+            )
+        )
+        state, err = tmp_path / name, tmp_path / f"{name}.stderr"
+        states[name] = (state, err)
+        procs[name] = spawn(["run", str(spec), "--state-dir", str(state)], err)
+    address = wait_for(
+        lambda: _metrics_address(states["scraped"][1]), timeout_s=60, what="exporter address"
+    )
+    scraper = Scraper(f"http://{address}/metrics", SCRAPES_PER_S, SCRAPERS)
+    started = time.monotonic()
+    scraper.start()
+    try:
+        procs["scraped"].wait(timeout=120)
+    finally:
+        scraper.stop()
+    scraped_for = time.monotonic() - started
+    procs["quiet"].wait(timeout=120)
+    for name, proc in procs.items():
+        assert proc.returncode in (0, 1), states[name][1].read_text()[-3000:]
+
+    lag = {name: _lag(state) for name, (state, _) in states.items()}
+    print(f"\nscrapes ok={scraper.ok} failed={scraper.failed} over {scraped_for:.1f}s")
+    for name, ops in lag.items():
+        for op, (p99, worst, n) in ops.items():
+            print(f"{name:8s} {op:7s} lag p99 {p99:7.2f} ms  max {worst:8.2f} ms  n={n}")
+    # The storm really happened: most of the intended scrapes were answered.
+    assert scraper.ok >= 0.5 * SCRAPES_PER_S * (scraped_for - 5)
+    for name, ops in lag.items():
+        for op, (p99, _worst, n) in ops.items():
+            assert n > 0, (name, op)
+            assert p99 < LAG_P99_BOUND_MS, (name, op, p99)

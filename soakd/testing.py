@@ -35,7 +35,7 @@ def wait_for(
 
 
 async def async_wait_for(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T]] | Callable[[], T],
     timeout_s: float = 10.0,
     interval_s: float = 0.02,
     what: str = "",

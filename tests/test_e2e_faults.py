@@ -89,9 +89,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Finishe
             soak_spec(
                 free_port(),
                 duration=DURATION,
-                store=20,
-                recall=10,
-                spread=5,
+                # low rates: eight soaks (sixteen processes) share two cores
+                store=10,
+                recall=5,
+                spread=2,
                 spaces=4,
                 consolidation_interval=interval,
                 knobs=knobs,

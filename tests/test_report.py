@@ -84,7 +84,7 @@ def test_clean_short_run_passes_everything_but_duration(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("knobs", "fails"),
     [
-        (replace(SHORT, leak_pct_per_day=60.0), "memory_leak"),
+        (replace(SHORT, leak_pct_per_day=200.0), "memory_leak"),
         (replace(SHORT, p99_growth_pct=60.0), "p99_drift"),
         (replace(SHORT, consolidation_extra_s=10.0), "consolidation_cadence"),
         (replace(SHORT, crashes=1), "crashes"),

@@ -325,7 +325,7 @@ def test_perf_degradation_fires_for_the_drifting_operation_only() -> None:
         Op.STORE: latency_records(Op.STORE, 600, lambda e: 10.0 + (e > 400) * 5.0),
         Op.RECALL: latency_records(Op.RECALL, 600, lambda e: 10.0),
     }
-    results = {r.labels["operation"]: r for r in evaluate_rule(PERF, inputs(600, intervals=recs))}
+    results = {r.labels["op"]: r for r in evaluate_rule(PERF, inputs(600, intervals=recs))}
     assert results["store"].active, results["store"].summary
     assert not results["recall"].active, results["recall"].summary
     assert results["store"].value is not None and 40 < results["store"].value < 60
@@ -446,7 +446,7 @@ def test_error_rate_per_operation() -> None:
         Op.STORE: [record(Op.STORE, T0 + 590, 10, [1.0] * 100, ok=95, errors={"http_500": 5})],
         Op.RECALL: [record(Op.RECALL, T0 + 590, 10, [1.0] * 100)],
     }
-    results = {r.labels["operation"]: r for r in evaluate_rule(rule, inputs(600, intervals=recs))}
+    results = {r.labels["op"]: r for r in evaluate_rule(rule, inputs(600, intervals=recs))}
     assert results["store"].active and results["store"].value == pytest.approx(0.05)
     assert not results["recall"].active
 

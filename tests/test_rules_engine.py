@@ -84,8 +84,8 @@ def test_per_operation_instances_are_independent() -> None:
     }
     engine = AlertEngine([rule], base_labels=BASE)
     (t,) = engine.evaluate(inputs(600, intervals=recs))
-    assert t.labels["operation"] == "store" and t.new is AlertState.FIRING
-    states = {a.labels["operation"]: a.state for a in engine.current()}
+    assert t.labels["op"] == "store" and t.new is AlertState.FIRING
+    states = {a.labels["op"]: a.state for a in engine.current()}
     assert states == {"store": AlertState.FIRING, "recall": AlertState.INACTIVE}
 
 

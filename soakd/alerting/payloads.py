@@ -159,7 +159,7 @@ def slack_body(alert: AlertSnapshot) -> dict[str, object]:
     parts = [f"[{head}] {labels.get('alertname', '?')} ({labels.get('severity', '?')})"]
     if notes.get("summary"):
         parts.append(notes["summary"])
-    scope = ", ".join(f"{k}={labels[k]}" for k in ("operation", "failure", "run_id") if k in labels)
+    scope = ", ".join(f"{k}={labels[k]}" for k in ("op", "failure", "run_id") if k in labels)
     if scope:
         parts.append(scope)
     if notes.get("runbook_url"):
@@ -186,7 +186,7 @@ def pagerduty_body(alert: AlertSnapshot, routing_key: str) -> dict[str, object]:
             ],
             "source": labels.get("target", "soakd"),
             "severity": severity if severity in _PD_SEVERITIES else "critical",
-            "component": labels.get("operation", "engram"),
+            "component": labels.get("op", "engram"),
             "group": labels.get("run_id", ""),
             "class": labels.get("alertname", ""),
             "custom_details": {"labels": labels, "annotations": dict(alert.annotations)},

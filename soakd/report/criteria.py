@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from soakd.report.model import Criterion, ReportModel
+from soakd.rules import leak_verdict
 from soakd.spec.model import AlertKind, AlertRuleSpec, Spec
 
 PLAN_DURATION_S = 168 * 3600.0
@@ -139,10 +140,12 @@ def memory_leak(m: ReportModel, spec: Spec) -> Criterion:
         )
     pct = fit.judged_pct_per_day if fit.judged_pct_per_day is not None else fit.pct_per_day
     mb_h = fit.judged_mb_per_h if fit.judged_mb_per_h is not None else fit.mb_per_h
-    ok = fit.judged != "exceeds_data" and pct <= threshold
+    # The alert rule's own test (R² gate, growth still sustained in the second
+    # half, a minimum absolute growth), so the verdict and the page agree.
+    leaking, why = leak_verdict(fit, threshold_pct_per_day=threshold, abs_mb_per_h=abs_mb)
+    ok = not leaking
     limits = f"> {threshold:g} %/day"
     if abs_mb is not None:
-        ok = ok and mb_h <= abs_mb
         limits += f" or > {abs_mb:g} MB/h"
     what = {
         "rss": "RSS trend after warm-up",
@@ -153,7 +156,7 @@ def memory_leak(m: ReportModel, spec: Spec) -> Criterion:
         ok,
         pct,
         f"{what}: {pct:+.2f} %/day ({mb_h:+.3f} MB/h) over {_h(fit.span_s)}; "
-        f"a leak is {limits} ({source}){tail}",
+        f"a leak is {limits} ({source}), sustained and above the noise: {why}{tail}",
     )
 
 

@@ -234,7 +234,8 @@ def build_model(
         workload=_workload(spec),
         spaces=spec.space_count,
         ops=ops,
-        memory=_memory(samples, start, end, windows.warmup_s),
+        # the leak fit's own (longer) warm-up, as the memory_leak alert uses
+        memory=_memory(samples, start, end, windows.leak_warmup_s),
         consolidation=consolidation_report(
             spec,
             reader.consolidation_runs(),

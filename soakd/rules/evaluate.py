@@ -188,7 +188,7 @@ def _perf_op(
     inputs: RuleInputs,
 ) -> RuleResult:
     base_lo, base_hi, window_lo = bounds
-    labels = {"operation": op.value}
+    labels = {"op": op.value}
     window_records = [r for r in records if r.start >= window_lo]
     thirds_hists = _thirds(window_records)
     recent = Histogram()
@@ -345,7 +345,7 @@ def _error_rate(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[Rul
         recs = [r for r in inputs.intervals.get(op, ()) if r.end > lo]
         count = sum(r.count for r in recs)
         failed = count - sum(r.ok for r in recs)
-        labels = {"operation": op.value}
+        labels = {"op": op.value}
         if count < ERROR_MIN_COUNT:
             out.append(
                 _result(rule, False, None, f"{op}: {count} requests, not judged", labels=labels)

@@ -4,8 +4,10 @@ Two soaks at 500 ops/s run side by side (same machine noise for both): one
 with four threads in this process scraping its /metrics 100 times a second in
 all, one left alone. Schedule lag (actual send minus intended send) comes from
 the run store's per-interval lag histograms. Timing on a shared 2-core machine
-is noisy, so the test asserts only a generous bound for both runs and that
-the scrapes really happened; the measured figures are in docs/reliability.md
+is noisy (load averages of 20 were seen while this was written), so the test
+asserts that the scrapes really happened and that the scraped run's lag p99
+is under a generous bound or, on a box too loaded for any bound, within 3x
+of its quiet twin's; the measured figures are in docs/reliability.md
 (run this file with ``-s`` to see them printed).
 """
 
@@ -22,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from soakd.model import Op
-from soakd.store import RunStore
 from soakd.stats import merge_blobs
+from soakd.store import RunStore
 from soakd.testing import free_port, soak_spec, wait_for
 
 #: The ``spawn`` fixture of conftest.py: ``spawn(args, stderr_file) -> Popen``.
@@ -50,7 +52,7 @@ def _lag(state: Path) -> dict[str, tuple[float, float, int]]:
         out = {}
         for op in (Op.STORE, Op.RECALL, Op.SPREAD):
             hist = merge_blobs(r.lag_hist for r in store.intervals(op))
-            out[op.value] = (hist.percentile_ms(99), hist.max_ms(), hist.count())
+            out[op.value] = (hist.percentile_ms(99), hist.max_ms(), hist.count)
         return out
     finally:
         store.close()
@@ -100,18 +102,19 @@ def test_scrape_storm_leaves_the_schedule_undisturbed(tmp_path: Path, spawn: Spa
     procs = {}
     for name in ("scraped", "quiet"):
         spec = tmp_path / f"{name}.yaml"
-        spec.write_text(
-            soak_spec(
-                free_port(),
-                duration="16s",
-                store=300,
-                recall=150,
-                spread=50,
-                spaces=4,
-                consolidation_interval=None,
-                extra="sampling: {stats_interval: 1s}",
-            )
-        )
+        text = soak_spec(
+            free_port(),
+            duration="16s",
+            store=300,
+            recall=150,
+            spread=50,
+            spaces=4,
+            consolidation_interval=None,
+            extra="sampling: {stats_interval: 1s}",
+            # Enough connections that lag measures soakd's loop more than a
+            # wait for a connection to a busy target.
+        ).replace("target:\n", "target:\n  max_connections: 256\n")
+        spec.write_text(text)
         state, err = tmp_path / name, tmp_path / f"{name}.stderr"
         states[name] = (state, err)
         procs[name] = spawn(["run", str(spec), "--state-dir", str(state)], err)
@@ -138,6 +141,11 @@ def test_scrape_storm_leaves_the_schedule_undisturbed(tmp_path: Path, spawn: Spa
     # The storm really happened: most of the intended scrapes were answered.
     assert scraper.ok >= 0.5 * SCRAPES_PER_S * (scraped_for - 5)
     for name, ops in lag.items():
-        for op, (p99, _worst, n) in ops.items():
+        for op, (_p99, _worst, n) in ops.items():
             assert n > 0, (name, op)
-            assert p99 < LAG_P99_BOUND_MS, (name, op, p99)
+    for op, (p99, _worst, _n) in lag["scraped"].items():
+        # Not slower than the bound, or than the quiet twin by more than 3x:
+        # a loaded CI box delays both runs alike; a storm that stalled
+        # soakd's loop would delay the scraped run alone.
+        quiet_p99 = lag["quiet"][op][0]
+        assert p99 < max(LAG_P99_BOUND_MS, 3 * quiet_p99), (op, p99, quiet_p99)

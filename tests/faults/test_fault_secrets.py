@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 class _Hook(BaseHTTPRequestHandler):
-    paths: list[str] = []
+    paths: ClassVar[list[str]]
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -42,19 +43,22 @@ class _Hook(BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet: the test reads the recorded paths, not a log."""
 
 
 @pytest.fixture
 def webhook() -> Iterator[tuple[int, list[str]]]:
     """A real HTTP receiver on 127.0.0.1; yields its port and the paths it was sent to."""
-    handler = type("Hook", (_Hook,), {"paths": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+    class Hook(_Hook):
+        paths: ClassVar[list[str]] = []
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield int(server.server_address[1]), handler.paths
+        yield int(server.server_address[1]), Hook.paths
     finally:
         server.shutdown()
         server.server_close()
@@ -137,9 +141,7 @@ def test_secrets_appear_in_no_log_status_report_or_store_byte(
     for path in sorted(state.rglob("*")):
         if path.is_file():
             searched[str(path.relative_to(state))] = path.read_bytes()
-    assert {"run.sqlite", "status.json", "report.json", "report.md", "report.html"} <= set(
-        searched
-    )
+    assert {"run.sqlite", "status.json", "report.json", "report.md", "report.html"} <= set(searched)
     for name, data in searched.items():
         for value in values:
             assert value.encode() not in data, f"a secret appears in {name}"

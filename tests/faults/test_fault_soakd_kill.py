@@ -48,6 +48,18 @@ def _snapshot(state: Path) -> tuple[list[Sample], list[IntervalRecord], int]:
         store.close()
 
 
+def _more_samples(state: Path, than: int) -> Callable[[], bool]:
+    return lambda: len(_snapshot(state)[0]) > than
+
+
+def _after(seconds: float, proc: subprocess.Popen[bytes] | None = None) -> Callable[[], bool]:
+    """A predicate: ``seconds`` have passed from now (or ``proc`` ended before)."""
+    t0 = time.monotonic()
+    return lambda: (
+        time.monotonic() - t0 >= seconds or (proc is not None and proc.poll() is not None)
+    )
+
+
 def _integrity(state: Path) -> str:
     conn = sqlite3.connect(f"file:{state / 'run.sqlite'}?mode=ro", uri=True)
     try:
@@ -84,13 +96,11 @@ def test_random_sigkills_lose_nothing_flushed_and_resume_one_run(
         # Wait until this incarnation has flushed samples of its own, then a
         # random extra moment (seeded) so the kill lands anywhere in a cycle.
         wait_for(
-            lambda b=before: len(_snapshot(state)[0]) > b + 3,  # type: ignore[misc]
+            _more_samples(state, before + 3),
             timeout_s=60,
             what="samples flushed by this incarnation",
         )
-        pause = rng.uniform(0.05, 2.5)
-        t0 = time.monotonic()
-        wait_for(lambda p=pause: time.monotonic() - t0 >= p, timeout_s=5, what="random delay")  # type: ignore[misc]
+        wait_for(_after(rng.uniform(0.05, 2.5)), timeout_s=5, what="random delay")
         samples, intervals, _ = _snapshot(state)
         proc.kill()
         proc.wait(timeout=30)
@@ -169,9 +179,8 @@ def _kill_reports(state: Path, spawn: Spawn, tmp_path: Path, rng: random.Random)
     for _ in range(6):
         at = rng.uniform(0.3, 1.0) * took
         proc = spawn(args, err)
-        t1 = time.monotonic()
         wait_for(
-            lambda a=at: time.monotonic() - t1 >= a or proc.poll() is not None,  # type: ignore[misc]
+            _after(at, proc),
             timeout_s=took + 10,
             interval_s=0.005,
             what="the kill moment",

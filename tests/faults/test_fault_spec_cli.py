@@ -45,8 +45,10 @@ KEY = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=3, max_size=12).m
 )
 STRUCT = st.recursive(
     st.integers() | st.text(max_size=8) | st.none(),
-    lambda c: st.lists(c, min_size=1, max_size=3)
-    | st.dictionaries(st.text(max_size=5), c, min_size=1, max_size=3),
+    lambda c: (
+        st.lists(c, min_size=1, max_size=3)
+        | st.dictionaries(st.text(max_size=5), c, min_size=1, max_size=3)
+    ),
     max_leaves=6,
 ).filter(lambda v: isinstance(v, list | dict))
 

@@ -129,15 +129,18 @@ def test_crash_after_ops_by_sigkill(tmp_path: Path) -> None:
 
 
 def test_crash_after_time_by_sigsegv() -> None:
-    """--crash-after 500ms --crash-signal SEGV: the process dies of SIGSEGV on its own."""
-    with reference("--crash-after", "500ms", "--crash-signal", "SEGV") as ref:
+    """--crash-after 2s --crash-signal SEGV: the process dies of SIGSEGV on its own."""
+    # 2 s leaves the harness time to see the server up, even on a busy machine.
+    with reference("--crash-after", "2s", "--crash-signal", "SEGV") as ref:
         assert ref.wait(15) == -signal.SIGSEGV
 
 
 def test_crash_by_sigabrt_from_env() -> None:
-    """The crash knobs also come from the environment (SIGABRT here)."""
-    env = {"ENGRAM_REF_CRASH_AFTER": "300ms", "ENGRAM_REF_CRASH_SIGNAL": "ABRT"}
+    """The crash knobs also come from the environment (SIGABRT at the first operation)."""
+    env = {"ENGRAM_REF_CRASH_AFTER_OPS": "1", "ENGRAM_REF_CRASH_SIGNAL": "ABRT"}
     with reference(env=env) as ref:
+        with pytest.raises(OSError):
+            http("GET", f"{ref.url}/api/v1/memories/any")
         assert ref.wait(15) == -signal.SIGABRT
 
 

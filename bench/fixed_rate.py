@@ -13,7 +13,7 @@ lag p99 <= 5 ms.
 Usage:
   .venv/bin/python bench/fixed_rate.py [--duration 20] [--rates 100,1000,5000,10000]
       [--beyond 12500,15000,17500,20000,25000,30000] [--pin] [--aiohttp-server]
-      [--max-in-flight 1000] [--profile RATE]
+      [--max-in-flight 1000] [--conn-limit 100] [--profile RATE]
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def start_server(aiohttp_server: bool, cpu: int | None) -> tuple[subprocess.Pope
 async def bench(args: argparse.Namespace, port: int, server: psutil.Process) -> list[RateResult]:
     # A prebuilt URL skips yarl parsing on every request (a tip for the driver too).
     url = URL(f"http://127.0.0.1:{port}/")
-    connector = aiohttp.TCPConnector(limit=args.max_in_flight, keepalive_timeout=60)
+    connector = aiohttp.TCPConnector(limit=args.conn_limit, keepalive_timeout=60)
     results: list[RateResult] = []
     async with aiohttp.ClientSession(connector=connector) as session:
         await run_rate(
@@ -225,7 +225,7 @@ async def profile(args: argparse.Namespace, port: int, server: psutil.Process) -
 
     # A prebuilt URL skips yarl parsing on every request (a tip for the driver too).
     url = URL(f"http://127.0.0.1:{port}/")
-    connector = aiohttp.TCPConnector(limit=args.max_in_flight)
+    connector = aiohttp.TCPConnector(limit=args.conn_limit, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector) as session:
         await run_rate(
             1000, 1.0, url=url, session=session, max_in_flight=args.max_in_flight, server=server
@@ -252,6 +252,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rates", default="100,1000,5000,10000")
     parser.add_argument("--beyond", default="12500,15000,17500,20000,25000,30000")
     parser.add_argument("--max-in-flight", type=int, default=1000)
+    parser.add_argument("--conn-limit", type=int, default=100, help="aiohttp connection pool size")
     parser.add_argument("--pin", action="store_true", help="client on CPU 0, server on CPU 1")
     parser.add_argument("--aiohttp-server", action="store_true")
     parser.add_argument("--profile", type=int, default=0, help="profile one rate (pyinstrument)")

@@ -168,6 +168,12 @@ def cmd_run(args: argparse.Namespace, demo: bool = False) -> int:
     if options.progress:
         sys.stderr.write("\n")
     print(f"run {outcome.run_id}: {outcome.status}, verdict {outcome.verdict}")
+    if not outcome.report_paths:
+        print(
+            f"soakd: the final report could not be written (is the disk full?); the run store"
+            f" holds the data: `soakd report {state_dir}` rebuilds it once there is room",
+            file=sys.stderr,
+        )
     for path in outcome.report_paths:
         print(f"  report: {path}")
     if outcome.failed_criteria:

@@ -26,7 +26,9 @@ class SystemClock:
             remaining = deadline_ns - time.monotonic_ns()
             if remaining <= 0:
                 return
-            await asyncio.sleep(remaining / 1e9)
+            # Whole milliseconds, rounded up: the loop's timers have 1 ms
+            # resolution, so a sub-ms sleep would spin until the deadline.
+            await asyncio.sleep(-(-remaining // 1_000_000) / 1000)
 
 
 class FakeClock:

@@ -15,15 +15,15 @@ moves records from the pieces into the run store in batches.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import signal
+import sqlite3
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import structlog
@@ -59,6 +59,7 @@ from soakd.target import ProcessId, PsutilTable, Target
 from soakd.workload import Workload, space_names
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 #: IDs of the unmeasured seed stores (one per space, so SPREAD has a start).
 SEED_K_BASE = 10**15
@@ -69,6 +70,13 @@ RULES_INTERVAL_S = 10.0
 CHECKPOINT_INTERVAL_S = 30.0
 DISK_INTERVAL_S = 10.0
 FINAL_FLUSH_S = 10.0
+#: While the store cannot be written (disk full), what is kept in memory.
+MAX_UNWRITTEN_SAMPLES = 3600
+MAX_UNWRITTEN_INTERVALS = 1000
+MAX_UNWRITTEN_EVENTS = 1000
+#: A 7-day report takes ~10-20 s; this only guards against a hang.
+REPORT_TIMEOUT_S = 600.0
+DISK_LOG_EVERY_NS = 60 * 10**9
 #: Counters naming the target process soakd launched (for adoption on resume).
 OWNED_PID = "owned_target_pid"
 OWNED_CTIME_MS = "owned_target_create_time_ms"
@@ -112,6 +120,8 @@ class Daemon:
         self._watcher: ConsolidationWatcher | None = None
         self._last_sample: Sample | None = None
         self._adopted: ProcessId | None = None  # a launched target kept across a resume
+        self._store_failing = False  # the last write failed (disk full): retrying
+        self._disk_logged_ns = 0
         # Per-space memory counts as Engram last reported them, and our ok
         # stores per space (total, and at that report): together they tell
         # whether a space is at Engram's capacity, where a 404 is an eviction.
@@ -446,16 +456,10 @@ class Daemon:
                 log.info("run_ending", status=status, forced=self._force.is_set())
                 for sched in self.schedulers.values():
                     sched.stop()
-                drain_s = (
-                    0.0
-                    if self._force.is_set()
-                    else min(10.0, max((o.timeout_s for o in spec.operations), default=10.0))
-                )
-                cancelled = await asyncio.gather(
-                    *(s.drain(drain_s) for s in self.schedulers.values())
-                )
-                if sum(cancelled):
-                    log.info("drain_cancelled_requests", count=sum(cancelled))
+                drain_s = min(10.0, max((o.timeout_s for o in spec.operations), default=10.0))
+                cancelled = await self._drain(drain_s)
+                if cancelled:
+                    log.info("drain_cancelled_requests", count=cancelled)
                 for task in loops:
                     task.cancel()
         except* Exception:
@@ -463,6 +467,28 @@ class Daemon:
             status = "stopped"
             log.exception("internal_error")
         return await self._finish(status, internal_error)
+
+    async def _drain(self, timeout_s: float) -> int:
+        """Let in-flight requests finish (bounded); a second signal cuts it short."""
+        if self._force.is_set():
+            timeout_s = 0.0
+        drain = asyncio.ensure_future(self._drain_all(timeout_s))
+        force = asyncio.ensure_future(self._force.wait())
+        racers: list[asyncio.Future[Any]] = [drain, force]
+        try:
+            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            force.cancel()
+        if drain.done():
+            return drain.result()
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+        log.info("drain_cut_short_by_second_signal")
+        return await self._drain_all(0.0)
+
+    async def _drain_all(self, timeout_s: float) -> int:
+        counts = await asyncio.gather(*(s.drain(timeout_s) for s in self.schedulers.values()))
+        return sum(counts)
 
     def _first_k(self, op: Op, counters: dict[str, int], resumed: bool) -> int:
         if not resumed:
@@ -521,7 +547,9 @@ class Daemon:
     def _progress_ns(self) -> int:
         return min((s.last_advance_ns for s in self.schedulers.values()), default=0)
 
-    async def _every(self, period_s: float, step: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def _every(
+        self, period_s: float, step: Callable[[], Coroutine[Any, Any, object]]
+    ) -> None:
         """Run ``step`` on an absolute schedule; a failing step is logged, never fatal."""
         period_ns = max(1, int(period_s * 1e9))
         next_ns = self.clock.monotonic_ns() + period_ns
@@ -564,14 +592,64 @@ class Daemon:
             counters[OWNED_CTIME_MS] = round(current.create_time * 1000)
         return counters
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Write what accumulated; on a store failure keep it (bounded) for the next try."""
         self._batch.counters.update(self._counters())
         batch = self._batch.take()
         if len(batch):
-            await asyncio.to_thread(self.store.write, batch)
+            try:
+                await asyncio.to_thread(self.store.write, batch)
+            except sqlite3.Error as exc:
+                self._keep_unwritten(batch)
+                if not self._store_failing:
+                    self._store_failing = True
+                    if self._disk_trouble("store_write_failed", exc, kept=len(self._batch)):
+                        self._emit(
+                            Event(self.clock.wall(), "store_write_failed", f"run store: {exc}", {})
+                        )
+                    await self._check_disk(force_thin=True)
+                return False
+            if self._store_failing:
+                self._store_failing = False
+                log.info("store_write_recovered")
         # What `soakd status STATE_DIR` shows, also after soakd is gone.
         text = json.dumps(self.status(), indent=1, default=str)
-        await asyncio.to_thread(atomic_write, self.options.state_dir / "status.json", text)
+        try:
+            await asyncio.to_thread(atomic_write, self.options.state_dir / "status.json", text)
+        except OSError as exc:
+            log.warning("status_file_not_written", error=str(exc))
+        return True
+
+    def _disk_trouble(self, what: str, exc: BaseException, **kw: object) -> bool:
+        """Log a storage failure at most once a minute (a full disk fails every flush).
+
+        Returns whether it was logged this time.
+        """
+        now = self.clock.monotonic_ns()
+        if now - self._disk_logged_ns < DISK_LOG_EVERY_NS and self._disk_logged_ns:
+            return False
+        self._disk_logged_ns = now
+        log.error(what, error=str(exc), hint="is the state dir's disk full?", **kw)
+        return True
+
+    def _keep_unwritten(self, batch: Batch) -> None:
+        """Put a batch that could not be written back in front, keeping memory bounded.
+
+        While the disk is full soakd keeps at most an hour of samples and
+        interval records (the oldest go first) and every event: what it must
+        not lose it holds until the disk has room again.
+        """
+        newer = self._batch
+        newer.samples = (batch.samples + newer.samples)[-MAX_UNWRITTEN_SAMPLES:]
+        newer.intervals = (batch.intervals + newer.intervals)[-MAX_UNWRITTEN_INTERVALS:]
+        newer.consolidation_runs = (batch.consolidation_runs + newer.consolidation_runs)[
+            -MAX_UNWRITTEN_INTERVALS:
+        ]
+        newer.events = (batch.events + newer.events)[-MAX_UNWRITTEN_EVENTS:]
+        newer.alert_transitions = batch.alert_transitions + newer.alert_transitions
+        if newer.alert_states is None:
+            newer.alert_states = batch.alert_states
+        newer.counters = {**batch.counters, **newer.counters}
 
     async def _evaluate(self) -> None:
         await self._flush()  # rules read the store: give them the newest data
@@ -595,7 +673,12 @@ class Daemon:
                 log.warning("alert", rule=t.rule, state=t.new.value, summary=t.summary)
             self._batch.alert_transitions.extend(transitions)
             self._batch.alert_states = list(self._alerts)
-            await asyncio.to_thread(self.dispatcher.submit, transitions, self._alerts)
+            try:
+                await asyncio.to_thread(self.dispatcher.submit, transitions, self._alerts)
+            except (sqlite3.Error, OSError) as exc:
+                # Disk full: the transitions are in the batch (kept in memory)
+                # and the engine re-submits firing alerts; say it once.
+                self._disk_trouble("alert_outbox_not_written", exc)
 
     async def _progress(self) -> None:
         elapsed = self.clock.wall() - self.opened.info.started_at
@@ -640,15 +723,19 @@ class Daemon:
             )
         )
 
-    async def _check_disk(self) -> None:
+    async def _check_disk(self, force_thin: bool = False) -> None:
         was_low = self.disk.low
         low = await asyncio.to_thread(self.disk.check)
-        if low and not was_low:
-            # Keep one sample a minute for everything older than an hour: the
-            # trend survives, the disk gets room.
-            removed = await asyncio.to_thread(
-                self.store.thin_samples, self.clock.wall() - 3600.0, 60
-            )
+        if (low and not was_low) or force_thin:
+            # Keep one sample a minute for everything older than ten minutes:
+            # the trends survive, the disk gets room.
+            try:
+                removed = await asyncio.to_thread(
+                    self.store.thin_samples, self.clock.wall() - 600.0, 60
+                )
+            except sqlite3.Error as exc:
+                log.warning("thinning_failed", error=str(exc))
+                return
             log.warning("disk_low_thinned_samples", removed=removed)
 
     # -- the end --------------------------------------------------------------------------
@@ -661,29 +748,37 @@ class Daemon:
         )
 
     async def _finish(self, status: str, internal_error: bool) -> RunOutcome:
-        forced = self._force.is_set()
-        with contextlib.suppress(Exception):
-            sample = await asyncio.to_thread(self.sampler.sample_once, self.clock.wall())
-            self._on_sample(sample)
-        with contextlib.suppress(Exception):
-            await self._roll()
-        try:
-            await self._evaluate()
-        except Exception:
-            log.exception("final_evaluation_failed")
+        """Final sample, evaluation, flush, outbox and report: each step bounded.
+
+        A step that fails or hangs is logged and skipped; the report is still
+        attempted, because it is what the run was for.
+        """
+        await self._bounded("final_sample", 10.0, self._final_sample())
+        await self._bounded("final_roll", 10.0, self._roll())
+        await self._bounded("final_evaluation", 60.0, self._evaluate())
         ended = self.clock.wall()
         self._emit(Event(ended, "run_ended", f"run {status}", {"status": status}))
-        await self._flush()
-        await asyncio.to_thread(self.store.set_status, status, ended)
-        if not forced:
-            left = await self.dispatcher.flush(FINAL_FLUSH_S)
-            if left:
-                log.warning("alerts_undelivered_at_exit", pending=left)
+        await self._bounded("final_flush", 60.0, self._flush())
+        await self._bounded(
+            "set_status", 30.0, asyncio.to_thread(self.store.set_status, status, ended)
+        )
+        if not self._force.is_set():
+            await self._bounded("alert_flush", FINAL_FLUSH_S + 5.0, self._flush_alerts())
         self.dispatcher.close()
         report_dir = self.options.report_dir or self.options.state_dir
-        result = await asyncio.to_thread(
-            write_reports, self.store, self.spec, report_dir, now=ended, extra=self._extras()
+        result = await self._bounded(
+            "final_report",
+            REPORT_TIMEOUT_S,
+            asyncio.to_thread(
+                write_reports, self.store, self.spec, report_dir, now=ended, extra=self._extras()
+            ),
         )
+        if result is None:
+            log.error("final_report_not_written", dir=str(report_dir))
+            code = ExitCode.INTERNAL if internal_error else ExitCode.FAILED
+            if status == "stopped" and not internal_error:
+                code = ExitCode.STOPPED
+            return RunOutcome(code, status, None, self.opened.info.run_id, (), ("report",))
         failed = tuple(c.key for c in result.criteria if not c.passed)
         if internal_error:
             code = ExitCode.INTERNAL
@@ -695,6 +790,40 @@ class Daemon:
         return RunOutcome(
             code, status, result.verdict, self.opened.info.run_id, result.paths, failed
         )
+
+    async def _final_sample(self) -> None:
+        sample = await asyncio.to_thread(self.sampler.sample_once, self.clock.wall())
+        self._on_sample(sample)
+
+    async def _flush_alerts(self) -> None:
+        """Deliver what is pending (bounded); a second signal cuts it short."""
+        flush = asyncio.ensure_future(self.dispatcher.flush(FINAL_FLUSH_S))
+        force = asyncio.ensure_future(self._force.wait())
+        racers: list[asyncio.Future[Any]] = [flush, force]
+        try:
+            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            force.cancel()
+        if not flush.done():
+            flush.cancel()
+            await asyncio.gather(flush, return_exceptions=True)
+            return
+        left = flush.result()
+        if left:
+            log.warning("alerts_undelivered_at_exit", pending=left)
+
+    async def _bounded(self, step: str, timeout_s: float, aw: Awaitable[T]) -> T | None:
+        """``aw`` under a timeout; a failure or time-out is logged, never raised."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await aw
+        except TimeoutError:
+            log.error("shutdown_step_timed_out", step=step, timeout_s=timeout_s)
+        except (sqlite3.Error, OSError) as exc:  # storage: no traceback, it says it all
+            self._disk_trouble("shutdown_step_failed", exc, step=step)
+        except Exception:
+            log.exception("shutdown_step_failed", step=step)
+        return None
 
     # -- views ----------------------------------------------------------------------------
 

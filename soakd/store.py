@@ -13,6 +13,7 @@ the alert outbox opens its own connection to the same file.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -165,18 +166,26 @@ class RunStore:
 
     @classmethod
     def create(cls, state_dir: Path, info: RunInfo) -> RunStore:
-        """Start a new run in ``state_dir`` (created if missing)."""
+        """Start a new run in ``state_dir`` (created if missing).
+
+        The store is built under a temporary name and renamed into place, so a
+        kill at any moment leaves either no run or a whole one, never a store
+        without its run record.
+        """
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StartupError(f"cannot create state dir {state_dir}: {exc.strerror}") from exc
         if cls.exists(state_dir):
             raise UsageError(f"{state_dir} already holds a run; resume it or pass --new-run")
-        conn = cls._connect(state_dir / DB_NAME, readonly=False)
-        store = cls(state_dir, conn)
+        tmp = state_dir / (DB_NAME + ".creating")
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)
+        conn = cls._connect(tmp, readonly=False)
         try:
-            with store._lock, conn:
+            with conn:
                 conn.executescript(_SCHEMA)
+            with conn:
                 conn.execute(
                     "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -193,10 +202,13 @@ class RunStore:
                         info.target_url,
                     ),
                 )
-        except sqlite3.Error as exc:
+            conn.close()  # checkpoints the WAL into the file before the rename
+            tmp.replace(state_dir / DB_NAME)
+            _fsync_dir(state_dir)
+        except (sqlite3.Error, OSError) as exc:
             conn.close()
             raise StartupError(f"cannot write run store in {state_dir}: {exc}") from exc
-        return store
+        return cls.open(state_dir)
 
     @classmethod
     def open(cls, state_dir: Path, *, readonly: bool = False) -> RunStore:
@@ -453,3 +465,12 @@ def _sample(row: Sequence[Any]) -> Sample:
         for name, v in zip(_SAMPLE_FIELDS, row, strict=True)
     }
     return Sample(**values)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (POSIX: the directory entry itself)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

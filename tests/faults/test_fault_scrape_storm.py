@@ -8,8 +8,8 @@ the run store's per-interval lag histograms. Timing on a shared 2-core machine
 is noisy (load averages of 20 were seen while this was written), so the test
 asserts that the scrapes really happened and that the scraped run's lag p99
 is under a generous bound or, on a box too loaded for any bound, within 3x
-of its quiet twin's (a storm that stalled soakd's loop fails both); the measured figures are in docs/reliability.md
-(run this file with ``-s`` to see them printed).
+of its quiet twin's (a storm that stalled soakd's loop fails both). The
+measured figures are in docs/reliability.md (``pytest -s`` prints them).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Three soaks run side by side in one module fixture, each a real soakd process
 launching its own target:
 
 - ``hang``: the reference target is SIGSTOPped for 8 s, then SIGCONTed. The
-  issue asks for 30 s; 8 s keeps CI fast and is still 4x the request timeout
-  used here, so every request of the hang times out or finishes late.
+  issue asks for 30 s; 8 s keeps CI fast. With the default 30 s request
+  timeout the requests of the hang wait it out, so their latency (timed from
+  the intended send) shows the whole hang.
 - ``slow``: the reference target's latency drifts by 15 s per minute of uptime
   (so answers take seconds), past a 2 s request timeout.
 - ``hostile``: a fake server (this very file, run as a script) that answers

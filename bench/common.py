@@ -3,7 +3,7 @@
 What lives here: the machine header every script prints (load average next to every
 figure: the box is shared), a throw-away nginx serving a tiny static JSON on 127.0.0.1
 (the target when the reference server would be the bottleneck), psutil sampling of a
-process's CPU seconds and RSS from outside, percentiles over plain lists, and a
+process's CPU seconds and RSS from outside, percentiles over plain lists, a
 bounded child-process runner, and soakd's measured path as a child driver
 (``python bench/common.py soakd-fixed ...``; soakd is imported only there).
 """

@@ -25,7 +25,7 @@ CHART_IDS = (
     "chart-alerts",
     "chart-restarts",
 )
-DEMO = Knobs(duration_s=3600.0, crashes=1, alerts=True, p99_growth_pct=25.0, leak_pct_per_day=30.0)
+DEMO = Knobs(duration_s=3600.0, crashes=1, alerts=True, p99_growth_pct=25.0, leak_pct_per_day=200.0)
 
 
 def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ KNOBS = Knobs(duration_s=900.0, ended=False, integrity_checked=0)
 
 async def test_child_report_matches_in_process(tmp_path: Path) -> None:
     """The child writes the same verdict and criteria as write_reports in process."""
-    store, spec = make_run(tmp_path / "state", replace(KNOBS, leak_pct_per_day=80.0))
+    store, spec = make_run(tmp_path / "state", replace(KNOBS, leak_pct_per_day=300.0))
     now = KNOBS.started_at + 900.0
     extra = ReportExtras(integrity_checked=12, integrity_lost=0, integrity_corrupted=1)
     here = write_reports(store, spec, tmp_path / "here", now=now, extra=extra)

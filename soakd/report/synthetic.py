@@ -29,6 +29,7 @@ from soakd.model import (
     RunInfo,
     Sample,
 )
+from soakd.spec.alerts import with_implicit_rules
 from soakd.spec.model import (
     AlertKind,
     AlertRuleSpec,
@@ -86,22 +87,26 @@ def spec_for(k: Knobs) -> Spec:
         consolidation=ConsolidationSpec(
             interval_s=k.consolidation_interval_s, spaces=k.spaces, tolerance_s=5.0
         ),
-        alerts=(
-            AlertRuleSpec(
-                "memory_leak", AlertKind.MEMORY_LEAK, 10.0, phrase="RSS increases >10% per day"
+        # as the loader builds them: the plan's three plus the implicit rules
+        alerts=with_implicit_rules(
+            (
+                AlertRuleSpec(
+                    "memory_leak", AlertKind.MEMORY_LEAK, 10.0, phrase="RSS increases >10% per day"
+                ),
+                AlertRuleSpec(
+                    "performance_degradation",
+                    AlertKind.PERFORMANCE_DEGRADATION,
+                    20.0,
+                    phrase="P99 latency increases >20%",
+                ),
+                AlertRuleSpec(
+                    "consolidation_failure",
+                    AlertKind.CONSOLIDATION_FAILURE,
+                    5.0,
+                    phrase="Cadence drift >5s",
+                ),
             ),
-            AlertRuleSpec(
-                "performance_degradation",
-                AlertKind.PERFORMANCE_DEGRADATION,
-                20.0,
-                phrase="P99 latency increases >20%",
-            ),
-            AlertRuleSpec(
-                "consolidation_failure",
-                AlertKind.CONSOLIDATION_FAILURE,
-                5.0,
-                phrase="Cadence drift >5s",
-            ),
+            SamplingSpec().min_free_disk_bytes,
         ),
         sampling=SamplingSpec(interval_s=k.sample_interval_s, stats_interval_s=k.stats_interval_s),
         name="synthetic",

@@ -261,6 +261,27 @@ def store_mode(a: argparse.Namespace) -> int:
             f"# -> {per_day / 1e6:.1f} MB/day, {7 * per_day / 1e6:.1f} MB per 7 days "
             f"(goal < 200 MB for 7 days: {'MET' if 7 * per_day < 200e6 else 'NOT MET'})"
         )
+        # soakd's retention (Daemon._retain): after a day, 5-minute interval records and
+        # one sample per 10 s. Compact everything written, measure again, and
+        # estimate a 7-day store as one full day plus six compacted ones.
+        store = RunStore.open(d)
+        t_end = t0 + seconds
+        while store.compact_intervals(until=t_end, width_s=300.0):
+            pass
+        store.thin_samples(before=t_end, keep_every_s=10)
+        store.close()
+        conn = sqlite3.connect(d / DB_NAME)
+        try:
+            conn.execute("VACUUM")
+        finally:
+            conn.close()
+        compacted = sum(p.stat().st_size for p in d.glob(f"{DB_NAME}*")) / a.hours * 24
+        week = per_day + 6 * compacted
+        print(
+            f"# with retention: older days {compacted / 1e6:.1f} MB/day; 7 days = 1 full day"
+            f" + 6 compacted = {week / 1e6:.1f} MB "
+            f"(goal < 200 MB for 7 days: {'MET' if week < 200e6 else 'NOT MET'})"
+        )
         hist_bytes = sum(len(b) for v in pool.values() for t3 in v for b in t3) / (3 * 8 * 3)
         print(
             f"# mean encoded HDR histogram {hist_bytes:,.0f} bytes; per day: "

@@ -77,6 +77,11 @@ MAX_UNWRITTEN_EVENTS = 1000
 #: A 7-day report takes ~10-20 s; this only guards against a hang.
 REPORT_TIMEOUT_S = 600.0
 DISK_LOG_EVERY_NS = 60 * 10**9
+#: Retention: what is older than this is kept at coarser resolution.
+RETAIN_FULL_S = 24 * 3600.0
+RETENTION_INTERVAL_S = 600.0
+#: ... as 5-minute interval records (a 7-day store stays ~150 MB: docs/performance.md).
+COMPACT_WIDTH_S = 300.0
 #: Counters naming the target process soakd launched (for adoption on resume).
 OWNED_PID = "owned_target_pid"
 OWNED_CTIME_MS = "owned_target_create_time_ms"
@@ -534,6 +539,7 @@ class Daemon:
             ("progress", self._every(1.0, self._progress)),
             ("checkpoints", self._every(CHECKPOINT_INTERVAL_S, self._checkpoint)),
             ("disk", self._every(DISK_INTERVAL_S, self._check_disk)),
+            ("retention", self._every(RETENTION_INTERVAL_S, self._retain)),
             ("dispatcher", self.dispatcher.run()),
             ("watchdog", self.notifier.watchdog_loop(self._progress_ns, self.clock)),
         ]
@@ -728,6 +734,19 @@ class Daemon:
                 self.clock.wall(), "checkpoint", f"checkpoint report {name} written", {"name": name}
             )
         )
+
+    async def _retain(self) -> None:
+        """Keep a week-long run's store small: full resolution for the last day only.
+
+        Older interval records are merged into 5-minute records and older
+        samples thinned to one per 10 s; the rules and the report read both
+        resolutions alike (docs/performance.md has the sizes).
+        """
+        cutoff = self.clock.wall() - RETAIN_FULL_S
+        merged = await asyncio.to_thread(self.store.compact_intervals, cutoff, COMPACT_WIDTH_S)
+        thinned = await asyncio.to_thread(self.store.thin_samples, cutoff, 10)
+        if merged or thinned:
+            log.info("retention", intervals_merged=merged, samples_thinned=thinned)
 
     async def _check_disk(self, force_thin: bool = False) -> None:
         was_low = self.disk.low

@@ -13,6 +13,7 @@ the alert outbox opens its own connection to the same file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -33,8 +34,11 @@ from soakd.model import (
     RunInfo,
     Sample,
 )
+from soakd.stats import merge_blobs
 
 DB_NAME = "run.sqlite"
+#: Counter: interval records before this (wall seconds) have been compacted.
+COMPACTED_UNTIL = "intervals_compacted_until"
 SCHEMA_VERSION = 1
 
 _SAMPLE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Sample))
@@ -313,6 +317,52 @@ class RunStore:
                     list(batch.counters.items()),
                 )
 
+    def compact_intervals(self, until: float, width_s: float, max_span_s: float = 6 * 3600) -> int:
+        """Merge the interval records of ``[compacted_until, until)`` into ``width_s`` ones.
+
+        Retention for week-long runs: full resolution (10 s records) for the
+        recent past, ``width_s`` records for what is older. Only whole buckets
+        are merged, at most ``max_span_s`` per call (bounded work), and the
+        watermark lives in ``counters`` so nothing is merged twice. Returns how
+        many records were removed.
+        """
+        counters = self.counters()
+        start = float(counters.get(COMPACTED_UNTIL, 0))
+        if start == 0.0:
+            row = self._one("SELECT MIN(start) FROM intervals")
+            if row is None or row[0] is None:
+                return 0
+            start = math.floor(float(row[0]) / width_s) * width_s
+        end = math.floor(min(until, start + max_span_s) / width_s) * width_s
+        if end <= start:
+            return 0
+        rows = self._all(
+            "SELECT rowid, * FROM intervals WHERE start >= ? AND start < ? ORDER BY op, start",
+            (start, end),
+        )
+        groups: dict[tuple[str, int], list[Any]] = {}
+        for r in rows:
+            groups.setdefault((str(r[1]), int(float(r[2]) // width_s)), []).append(r)
+        removed = 0
+        with self._lock, self._conn:
+            for group in groups.values():
+                if len(group) < 2:
+                    continue
+                merged = _merge_rows(group)
+                self._conn.executemany(
+                    "DELETE FROM intervals WHERE rowid = ?", [(r[0],) for r in group]
+                )
+                self._conn.execute(
+                    "INSERT INTO intervals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", merged
+                )
+                removed += len(group) - 1
+            self._conn.execute(
+                "INSERT INTO counters VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (COMPACTED_UNTIL, int(end)),
+            )
+        return removed
+
     def set_status(self, status: str, ended_at: float | None) -> None:
         with self._lock, self._conn:
             self._conn.execute(
@@ -474,3 +524,24 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _merge_rows(group: Sequence[Any]) -> tuple[object, ...]:
+    """One interval row (without rowid) that sums ``group``'s counts and merges its histograms."""
+    errors: dict[str, int] = {}
+    for r in group:
+        for key, n in json.loads(str(r[6])).items():
+            errors[key] = errors.get(key, 0) + int(n)
+    return (
+        group[0][1],
+        min(float(r[2]) for r in group),
+        max(float(r[3]) for r in group),
+        sum(int(r[4]) for r in group),
+        sum(int(r[5]) for r in group),
+        json.dumps(errors, sort_keys=True),
+        sum(int(r[7]) for r in group),
+        sum(int(r[8]) for r in group),
+        merge_blobs(bytes(r[9]) for r in group).encode(),
+        merge_blobs(bytes(r[10]) for r in group).encode(),
+        merge_blobs(bytes(r[11]) for r in group).encode(),
+    )

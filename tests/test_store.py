@@ -112,3 +112,42 @@ def test_batch_take_empties_the_batch(tmp_path: Path) -> None:
     out = batch.take()
     assert len(out) == 2
     assert len(batch) == 0
+
+
+def _interval(op: Op, start: float, count: int, latency_ns: int) -> IntervalRecord:
+    from soakd.stats import Histogram
+
+    h = Histogram()
+    for _ in range(count):
+        h.record_ns(latency_ns)
+    blob = h.encode()
+    return IntervalRecord(
+        op, start, start + 10.0, count, count - 1, {"http_500": 1}, 2, 1, blob, blob, blob
+    )
+
+
+def test_compaction_merges_old_intervals_once_and_keeps_every_count(tmp_path: Path) -> None:
+    """Old 10 s records become 60 s records with summed counts and merged histograms."""
+    from soakd.stats import summarize
+
+    store = RunStore.create(tmp_path, _info())
+    records = [_interval(Op.STORE, 1200.0 + 10 * i, 10, (i + 1) * 1_000_000) for i in range(24)]
+    records += [_interval(Op.RECALL, 1200.0 + 10 * i, 5, 2_000_000) for i in range(24)]
+    store.write(Batch(intervals=records))
+    before = summarize(Op.STORE, store.intervals(Op.STORE))
+    removed = store.compact_intervals(until=1380.0, width_s=60.0)
+    # 18 records per op in [1200, 1380) become 3 per op; the rest stay as they were
+    assert removed == 2 * (18 - 3)
+    assert len(store.intervals(Op.STORE)) == 3 + 6
+    after = summarize(Op.STORE, store.intervals(Op.STORE))
+    assert (after.count, after.ok, after.dropped, after.late) == (
+        before.count,
+        before.ok,
+        before.dropped,
+        before.late,
+    )
+    assert after.errors == before.errors == {"http_500": 24}
+    assert after.latency.max_ms == before.latency.max_ms
+    assert after.latency.p50_ms == before.latency.p50_ms
+    assert store.compact_intervals(until=1380.0, width_s=60.0) == 0  # nothing twice
+    assert store.compact_intervals(until=1440.0, width_s=60.0) == 2 * 5

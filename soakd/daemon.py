@@ -68,6 +68,7 @@ SEED_K_BASE = 10**15
 K_MARGIN_S = 30.0
 RULES_INTERVAL_S = 10.0
 CHECKPOINT_INTERVAL_S = 30.0
+CHECKPOINT_MIN_RUN_S = 3600.0  # shorter runs get only the final report
 DISK_INTERVAL_S = 10.0
 FINAL_FLUSH_S = 10.0
 #: While the store cannot be written (disk full), what is kept in memory.
@@ -537,7 +538,6 @@ class Daemon:
             ("flush", self._every(self.spec.sampling.flush_interval_s, self._flush)),
             ("rules", self._every(self._rules_interval(), self._evaluate)),
             ("progress", self._every(1.0, self._progress)),
-            ("checkpoints", self._every(CHECKPOINT_INTERVAL_S, self._checkpoint)),
             ("disk", self._every(DISK_INTERVAL_S, self._check_disk)),
             ("retention", self._every(RETENTION_INTERVAL_S, self._retain)),
             ("dispatcher", self.dispatcher.run()),
@@ -545,6 +545,10 @@ class Daemon:
         ]
         if self._watcher is not None:
             loops.append(("consolidation", self._watcher.run()))
+        if self.spec.duration_s >= CHECKPOINT_MIN_RUN_S:
+            # A checkpoint of a minutes-long run says nothing the final report will
+            # not, and its child process competes with the load for the CPU.
+            loops.append(("checkpoints", self._every(CHECKPOINT_INTERVAL_S, self._checkpoint)))
         return loops
 
     def _rules_interval(self) -> float:

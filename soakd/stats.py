@@ -472,3 +472,16 @@ def p99_series(
         hist = merge_blobs(r.response_hist for r in group)
         series.append((max(r.end for r in group), hist.percentile_ms(99.0), hist.count))
     return series
+
+
+def quantile_bounds(q: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Percentiles bracketing the ``q``-th percentile of ``n`` samples with ~95 % confidence.
+
+    Distribution-free: the order statistics at ranks ``n*p -+ z*sqrt(n*p*(1-p))``
+    bracket the true quantile, so no latency model is assumed. With a week of
+    samples the bracket is tight; in a short stretch it keeps noise from being
+    called drift.
+    """
+    p = q / 100.0
+    half = 100.0 * z * math.sqrt(p * (1.0 - p) / max(n, 1))
+    return max(0.0, q - half), min(100.0, q + half)

@@ -20,6 +20,7 @@ from soakd.report.fastread import IntervalRow, interval_row, interval_rows
 from soakd.report.hist import Merger
 from soakd.report.lttb import downsample
 from soakd.report.model import LatencyPoint, OpReport, Stretch
+from soakd.stats import quantile_bounds
 
 CHUNK_S = 6 * 3600.0
 #: Points per throughput series in the HTML charts.
@@ -51,16 +52,6 @@ def _window(
     return [interval_row(r) for r in reader.intervals(op, since, until) if lo <= r.start < hi]
 
 
-def p99_bounds(n: int, z: float = 1.96) -> tuple[float, float]:
-    """Percentiles bounding the P99 of ``n`` samples with ~95 % confidence.
-
-    Distribution-free: the order statistics at ranks ``n*p -+ z*sqrt(n*p*(1-p))``
-    bracket the true quantile, so no latency model is assumed.
-    """
-    half = 100.0 * z * math.sqrt(0.99 * 0.01 / max(n, 1))
-    return max(0.0, 99.0 - half), min(100.0, 99.0 + half)
-
-
 def _stretch_p99(
     reader: RunReader,
     conn: sqlite3.Connection | None,
@@ -77,7 +68,7 @@ def _stretch_p99(
             m.add_blob(r[7])
     if m.count == 0:
         return None, 0, None, None
-    lo_q, hi_q = p99_bounds(m.count)
+    lo_q, hi_q = quantile_bounds(99.0, m.count)
     p99, lo, hi = m.percentiles_ms((99.0, lo_q, hi_q))
     return p99, m.count, lo, hi
 

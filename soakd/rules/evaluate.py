@@ -22,7 +22,7 @@ from soakd.rules.inputs import RuleInputs
 from soakd.rules.leak import LeakFit, leak_fit
 from soakd.rules.windows import Windows, cadence_window_s, default_windows
 from soakd.spec.model import AlertKind, AlertRuleSpec
-from soakd.stats import Histogram, merge_blobs
+from soakd.stats import Histogram, merge_blobs, quantile_bounds
 
 #: A latency comparison needs this many requests on each side.
 PERF_MIN_COUNT = 200
@@ -197,16 +197,22 @@ def _perf_op(
     file_base = inputs.baseline_p99_ms.get(op) if q == 99.0 else None
     if file_base is not None:
         base_ms, base_n, source = file_base, PERF_MIN_COUNT, "baseline file"
+        base_hi_ms = file_base
     else:
         blobs = tuple(r.response_hist for r in records if r.start >= base_lo and r.end <= base_hi)
         base_ms, base_n = _baseline_percentile(blobs, q)
+        base_hi_ms = _baseline_percentile(blobs, quantile_bounds(q, base_n)[1])[0]
         source = "first stretch after warm-up"
     name = f"P{q:g}"
     if base_n < PERF_MIN_COUNT or recent.count < PERF_MIN_COUNT or base_ms <= 0:
         why = f"{op} {name} not judged yet (baseline {base_n}, window {recent.count} requests)"
         return _result(rule, False, None, why, labels=labels)
     now_ms = recent.percentile_ms(q)
+    now_lo_ms = recent.percentile_ms(quantile_bounds(q, recent.count)[0])
     pct = (now_ms / base_ms - 1.0) * 100.0
+    # Beyond the noise: the window's lower 95 % bound must clear the baseline's
+    # upper bound by the threshold (a week's bounds are tight; a minute's are not).
+    sure_pct = (now_lo_ms - base_hi_ms) / base_ms * 100.0
 
     def degraded(ms: float) -> bool:
         return (ms / base_ms - 1.0) * 100.0 > rule.threshold and ms - base_ms >= PERF_MIN_DELTA_MS
@@ -216,7 +222,7 @@ def _perf_op(
         if all(h.count >= PERF_MIN_COUNT // 3 for h in thirds_hists)
         else []
     )
-    active = degraded(now_ms) and all(degraded(ms) for ms in thirds)
+    active = degraded(now_ms) and sure_pct > rule.threshold and all(degraded(ms) for ms in thirds)
     detail = {
         "baseline_ms": base_ms,
         "window_ms": now_ms,
@@ -224,6 +230,7 @@ def _perf_op(
         "baseline_source": source,
         "window_count": recent.count,
         "baseline_count": base_n,
+        "increase_at_95pct_confidence": sure_pct,
     }
     why = f"{op} {name} {now_ms:.1f} ms vs baseline {base_ms:.1f} ms ({pct:+.0f} %)"
     return _result(rule, active, pct, why, labels=labels, detail=detail)

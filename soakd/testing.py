@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -120,3 +123,26 @@ def soak_spec(
 def soakd_command(*args: str) -> list[str]:
     """argv that runs this checkout's soakd CLI in a child process."""
     return [sys.executable, "-m", "soakd", *args]
+
+
+def chromium(
+    profile: Path, *args: str, timeout_s: float = 150.0
+) -> subprocess.CompletedProcess[str]:
+    """Headless Debian Chromium with the flags this sandbox needs (no network, no GPU)."""
+    cmd = [
+        shutil.which("chromium") or "/usr/bin/chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from soakd.testing import free_port, soak_spec, soakd_command
+from soakd.testing import chromium, free_port, soak_spec, soakd_command
 
 #: Long enough for a latency baseline (60 s after a 15 s warm-up) and a
 #: separate last stretch, and for the leak fit after its warm-up.
@@ -53,6 +54,7 @@ class Finished:
     returncode: int
     report: dict[str, object]
     stderr: str
+    report_path: str
 
     def criterion(self, key: str) -> dict[str, object]:
         criteria = self.report["criteria"]
@@ -118,7 +120,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Finishe
         for name, (proc, state) in procs.items():
             _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
             report = json.loads((state / "report.json").read_text())
-            out[name] = Finished(proc.returncode, report, err)
+            out[name] = Finished(proc.returncode, report, err, str(state / "report.json"))
         yield out
     finally:
         for proc, _ in procs.values():
@@ -203,3 +205,23 @@ def test_injected_errors_fire_error_rate_for_store(runs: dict[str, Finished]) ->
     assert ops["store"]["errors"].get("http_503", 0) > 0
     assert ops["recall"]["errors"] == {}
     assert "error_rate" in errors.fired()
+
+
+@pytest.mark.slow
+@pytest.mark.external
+def test_real_runs_html_report_renders_in_chromium(
+    runs: dict[str, Finished], tmp_path: Path
+) -> None:
+    """The clean run's report.html, opened in headless Chromium: every chart drawn, no errors."""
+    html = Path(runs["clean"].report_path).with_suffix(".html")
+    proc = chromium(tmp_path / "profile", "--dump-dom", html.as_uri())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
+    assert not [c for c in console if "Uncaught" in c or "Error" in c], console
+    charts = re.findall(r'<svg class="chart[^"]*" id="([^"]+)"', proc.stdout)
+    assert {"chart-memory", "chart-latency-store", "chart-consolidation"} <= set(charts)
+    ready = re.search(r'data-charts-ready="(\d+)"', proc.stdout)
+    assert ready is not None and int(ready.group(1)) == len(charts)
+    for chart_id in ("chart-memory", "chart-latency-store", "chart-consolidation"):
+        body = proc.stdout.split(f'id="{chart_id}"', 1)[1].split("</svg>", 1)[0]
+        assert 'class="data' in body, f"{chart_id} has no data"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,8 +10,8 @@ import pytest
 
 from soakd.report import write_reports
 from soakd.report.synthetic import Knobs, make_run
+from soakd.testing import chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHART_IDS = (
     "chart-memory",
     "chart-latency-store",
@@ -28,24 +26,7 @@ CHART_IDS = (
 DEMO = Knobs(duration_s=3600.0, crashes=1, alerts=True, p99_growth_pct=25.0, leak_pct_per_day=200.0)
 
 
-def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--enable-logging=stderr",
-        "--v=0",
-        f"--user-data-dir={profile}",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=150, check=False)
+_chromium = chromium
 
 
 @pytest.fixture(scope="module")

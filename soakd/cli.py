@@ -178,14 +178,16 @@ def cmd_run(args: argparse.Namespace, demo: bool = False) -> int:
         print(f"  report: {path}")
     if outcome.failed_criteria:
         print(f"  failed criteria: {', '.join(outcome.failed_criteria)}")
-    if demo and outcome.status == "completed":
-        # A demo is minutes long, so it cannot meet the plan's 168-hour criterion;
-        # it succeeds when every other criterion passed.
+    if demo and outcome.status == "completed" and outcome.report_paths:
+        # A demo's job is the report: minutes long, it cannot meet the plan's
+        # 168-hour criterion, and the verdicts it shows are for reading. It
+        # succeeds when the run completed and its report was written.
         others = [c for c in outcome.failed_criteria if c != "duration"]
-        if not others:
-            print("demo passed every criterion but the 168-hour duration")
-            return ExitCode.PASSED
-        return ExitCode.FAILED
+        if others:
+            print(f"demo completed; besides the 168-hour duration it failed: {', '.join(others)}")
+        else:
+            print("demo completed; it passed every criterion but the 168-hour duration")
+        return ExitCode.PASSED
     return outcome.exit_code
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import importlib.resources
 import json
 import socket
@@ -30,7 +29,7 @@ from soakd.daemon import Daemon, RunOptions
 from soakd.errors import ExitCode, SoakdError, SpecError, UsageError
 from soakd.logs import configure
 from soakd.reference.cli import main as reference_main
-from soakd.report import write_reports
+from soakd.report import stored_spec, write_reports
 from soakd.spec import load_spec, load_spec_text, parse_duration
 from soakd.spec.model import Spec
 from soakd.statusview import fetch_status, read_status_file, render_status
@@ -195,8 +194,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = RunStore.open(args.state_dir, readonly=True)
     try:
         info = store.run_info()
-        spec = load_spec_text(info.spec_text, f"{args.state_dir}/run.sqlite (spec)")
-        spec = dataclasses.replace(spec, duration_s=info.planned_duration_s)
+        spec = stored_spec(info, f"{args.state_dir}/run.sqlite (spec)")
         out = args.out or args.state_dir
         result = write_reports(store, spec, out, now=info.ended_at or time.time())
     finally:

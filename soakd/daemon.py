@@ -53,6 +53,7 @@ from soakd.sampler import Sampler
 from soakd.scheduler import Scheduler
 from soakd.spec.model import OperationSpec, RecallOptions, Spec, SpreadOptions
 from soakd.stats import OpSummary, StatsHub
+from soakd.statusview import status_line
 from soakd.store import Batch
 from soakd.systemd import Notifier
 from soakd.target import ProcessId, PsutilTable, Target
@@ -342,7 +343,6 @@ class Daemon:
             clock=self.clock,
         )
         self.schedulers = {Op(o.operation): self._scheduler(o) for o in spec.operations}
-        self._late_seen = dict.fromkeys(self.schedulers, 0)
 
     def _generator_url(self) -> str:
         if self.metrics_address is None:
@@ -362,6 +362,10 @@ class Daemon:
             self.stats.on_dropped(op, intended_ns)
             self._exporter.on_dropped(op)
 
+        def late(k: int, intended_ns: int) -> None:
+            self.stats.on_late(op)
+            self._exporter.on_late(op)
+
         return Scheduler(
             op.value,
             o.rate_per_s,
@@ -369,6 +373,7 @@ class Daemon:
             fire=fire,
             max_in_flight=o.max_in_flight,
             on_dropped=dropped,
+            on_late=late,
         )
 
     # -- the measured operations ---------------------------------------------------------
@@ -578,12 +583,6 @@ class Daemon:
     # -- periodic steps -------------------------------------------------------------------
 
     async def _roll(self) -> None:
-        for op, sched in self.schedulers.items():
-            delta = sched.late - self._late_seen[op]
-            self._late_seen[op] = sched.late
-            for _ in range(delta):
-                self.stats.on_late(op)
-                self._exporter.on_late(op)
         self._batch.intervals.extend(self.stats.roll())
         # Whole-run percentiles cost ~3 ms per operation: computed here, once
         # per stats interval, not on every status read.
@@ -701,7 +700,7 @@ class Daemon:
             return
         status = self.status()
         if self.notifier.enabled:
-            self.notifier.status(progress_line(status))
+            self.notifier.status(status_line(status))
         if self.options.progress:
             sys.stderr.write("\r\x1b[2K" + progress_line(status))
             sys.stderr.flush()

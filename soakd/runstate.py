@@ -17,7 +17,7 @@ from pathlib import Path
 from soakd.errors import StartupError, UsageError
 from soakd.model import Event, RunInfo
 from soakd.spec.model import Spec
-from soakd.store import DB_NAME, Batch, RunStore
+from soakd.store import Batch, RunStore
 
 #: Counter names kept in the run store's ``counters`` table.
 NEXT_K = "next_k_{op}"
@@ -128,7 +128,3 @@ def _resume(store: RunStore, old: RunInfo, now: float) -> OpenedRun:
 def _last_event_time(store: RunStore) -> float | None:
     events = store.events()
     return events[-1].t if events else None
-
-
-def db_path(state_dir: Path) -> Path:
-    return state_dir / DB_NAME

@@ -31,7 +31,6 @@ from fractions import Fraction
 
 import structlog
 
-from soakd.clock import SystemClock
 from soakd.model import Clock
 
 #: ``fire(k, intended_ns)`` performs one request. It should not raise; the
@@ -92,7 +91,6 @@ class Scheduler:
         self._on_dropped = on_dropped
         self._on_late = on_late
         self._late_threshold_ns = late_threshold_ns
-        self._coarse_timer = isinstance(clock, SystemClock)
         self._tasks: set[asyncio.Future[None]] = set()
         self._stopped = False
         self._run_task: asyncio.Task[None] | None = None
@@ -214,16 +212,10 @@ class Scheduler:
     async def _sleep_until(self, deadline_ns: int) -> None:
         self._sleeping = True
         try:
-            if self._coarse_timer:
-                # SystemClock.sleep_until is nanosecond-exact: with the event
-                # loop's 1 ms timers it busy-spins through the last sub-ms (100 %
-                # CPU at 5000/s, measured). Round up to whole ms plus one tick
-                # instead, so the timer never fires early: arrivals go out 0-2 ms
-                # late (counted as lag, all issued) and the CPU serves requests.
-                remaining_ns = deadline_ns - self._clock.monotonic_ns()
-                await asyncio.sleep(max(-(-remaining_ns // 1_000_000), 1) / 1000)
-            else:
-                await self._clock.sleep_until(deadline_ns)
+            # SystemClock sleeps whole milliseconds, rounded up (a sub-ms sleep on
+            # the loop's 1 ms timers would busy-spin: 100 % CPU at 5000/s,
+            # measured), so arrivals leave 0-2 ms late, counted as lag.
+            await self._clock.sleep_until(deadline_ns)
         except asyncio.CancelledError:
             if not self._woken_by_stop:
                 raise

@@ -9,7 +9,6 @@ can write checkpoint reports outside its own process.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -17,9 +16,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from soakd.report import stored_spec
 from soakd.report.data import ReportExtras
 from soakd.report.writer import write_reports
-from soakd.spec.loader import load_spec_text
 from soakd.store import RunStore
 
 
@@ -44,8 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = RunStore.open(args.state_dir, readonly=True)
     try:
         info = store.run_info()
-        spec = load_spec_text(info.spec_text, f"{args.state_dir} (stored spec)")
-        spec = dataclasses.replace(spec, duration_s=info.planned_duration_s)
+        spec = stored_spec(info, f"{args.state_dir} (stored spec)")
         checked, lost, corrupted = args.integrity
         result = write_reports(
             store,

@@ -1,12 +1,12 @@
 # soakd — the two commands the README promises, and the pieces they are made of.
 # Everything installs itself: a virtualenv in .venv, Python packages from PyPI,
-# Debian packages (prometheus, alertmanager, chromium) through apt-get for the tests.
+# Debian packages (prometheus, alertmanager, chromium, openssl) through apt-get for the tests.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-APT_PACKAGES := prometheus prometheus-alertmanager chromium systemd
+APT_PACKAGES := prometheus prometheus-alertmanager chromium systemd openssl
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test setup system-deps lint typecheck unit bench clean
@@ -29,7 +29,7 @@ setup: $(STAMP)
 
 system-deps:
 	@missing=""; \
-	for tool in prometheus promtool prometheus-alertmanager amtool chromium systemd-analyze; do \
+	for tool in prometheus promtool prometheus-alertmanager amtool chromium systemd-analyze openssl; do \
 	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -301,6 +301,7 @@ def _soakd_fixed(argv: list[str]) -> int:
     a = p.parse_args(argv)
     url = URL(a.url)
     base = f"{url.scheme}://{url.host}:{url.port}"
+    path_qs = url.raw_path_qs
 
     async def main() -> ToolResult:
         clock = SystemClock()
@@ -316,7 +317,7 @@ def _soakd_fixed(argv: list[str]) -> int:
         state = {"start": 0, "measure": False}
 
         async def fire(k: int, intended_ns: int) -> None:
-            ex = await client.exchange("GET", url)
+            ex = await client.exchange("GET", path_qs)
             ok = ex.failure is None and ex.status == 200
             r = OpResult(
                 Op.RECALL, "bench", intended_ns, ex.sent_ns, ex.done_ns,

@@ -2,7 +2,8 @@
 
 Starts bench/fixed_rate_server.py in a separate process (so client and server do
 not share the client's core), then, with uvloop, drives soakd's Scheduler + an
-aiohttp ClientSession GET + StatsHub.on_result (the daemon's real hot path) at
+soakd's HTTP driver (``EngramClient.exchange``, or ``--client aiohttp`` for an aiohttp
+ClientSession GET, the driver soakd used before) + StatsHub.on_result (the daemon's hot path) at
 each rate for ``--duration`` seconds and prints per rate: achieved/target, error
 %, schedule lag p50/p99/max (ms), dropped, late, client CPU seconds per 1000
 requests, the server's CPU share and the arrivals scheduled (issued + dropped,
@@ -14,17 +15,20 @@ Usage:
   .venv/bin/python bench/fixed_rate.py [--duration 20] [--rates 100,1000,5000,10000]
       [--beyond 12500,15000,17500,20000,25000,30000] [--pin] [--aiohttp-server]
       [--max-in-flight 1000] [--conn-limit 100] [--gc-freeze] [--profile RATE]
+      [--client soakd|aiohttp]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -37,6 +41,7 @@ from yarl import URL
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from soakd.clock import SystemClock
+from soakd.engram import EngramClient
 from soakd.model import Op, OpResult, Outcome
 from soakd.scheduler import NS_PER_S, Scheduler
 from soakd.stats import StatsHub
@@ -105,7 +110,7 @@ async def run_rate(
     duration_s: float,
     *,
     url: URL,
-    session: aiohttp.ClientSession,
+    session: aiohttp.ClientSession | EngramClient,
     max_in_flight: int,
     server: psutil.Process,
 ) -> RateResult:
@@ -116,8 +121,19 @@ async def run_rate(
     monotonic_ns = time.monotonic_ns
     timeout = aiohttp.ClientTimeout(total=10)
 
-    async def fire(k: int, intended_ns: int) -> None:
+    async def fire_soakd(k: int, intended_ns: int) -> None:
         nonlocal last_done
+        assert isinstance(session, EngramClient)
+        ex = await session.exchange("GET", "/")
+        outcome = ex.failure or (Outcome.OK if ex.status == 200 else Outcome.HTTP_ERROR)
+        last_done = ex.done_ns
+        hub.on_result(
+            OpResult(Op.RECALL, "bench", intended_ns, ex.sent_ns, ex.done_ns, outcome, ex.status)
+        )
+
+    async def fire_aiohttp(k: int, intended_ns: int) -> None:
+        nonlocal last_done
+        assert isinstance(session, aiohttp.ClientSession)
         sent = monotonic_ns()
         outcome = Outcome.OK
         status: int | None = None
@@ -139,7 +155,7 @@ async def run_rate(
         f"bench-{rate}",
         rate,
         clock=clock,
-        fire=fire,
+        fire=fire_soakd if isinstance(session, EngramClient) else fire_aiohttp,
         max_in_flight=max_in_flight,
         on_dropped=lambda k, t: hub.on_dropped(Op.RECALL, t),
         on_late=lambda k, t: hub.on_late(Op.RECALL),
@@ -193,12 +209,30 @@ def start_server(aiohttp_server: bool, cpu: int | None) -> tuple[subprocess.Pope
     return proc, int(line.split()[1])
 
 
-async def bench(args: argparse.Namespace, port: int, server: psutil.Process) -> list[RateResult]:
-    # A prebuilt URL skips yarl parsing on every request (a tip for the driver too).
-    url = URL(f"http://127.0.0.1:{port}/")
+@contextlib.asynccontextmanager
+async def client(
+    args: argparse.Namespace, port: int
+) -> AsyncIterator[aiohttp.ClientSession | EngramClient]:
+    """The HTTP client under test: soakd's driver, or an aiohttp session for comparison."""
+    if args.client == "soakd":
+        async with EngramClient(
+            f"http://127.0.0.1:{port}",
+            clock=SystemClock(),
+            timeout_s=10,
+            max_connections=args.conn_limit,
+        ) as engram:
+            yield engram
+        return
     connector = aiohttp.TCPConnector(limit=args.conn_limit, keepalive_timeout=60)
-    results: list[RateResult] = []
     async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+async def bench(args: argparse.Namespace, port: int, server: psutil.Process) -> list[RateResult]:
+    # A prebuilt URL skips yarl parsing on every request (aiohttp client only).
+    url = URL(f"http://127.0.0.1:{port}/")
+    results: list[RateResult] = []
+    async with client(args, port) as session:
         await run_rate(
             1000, 1.0, url=url, session=session, max_in_flight=args.max_in_flight, server=server
         )  # warm-up
@@ -230,10 +264,8 @@ async def bench(args: argparse.Namespace, port: int, server: psutil.Process) -> 
 async def profile(args: argparse.Namespace, port: int, server: psutil.Process) -> None:
     from pyinstrument import Profiler
 
-    # A prebuilt URL skips yarl parsing on every request (a tip for the driver too).
     url = URL(f"http://127.0.0.1:{port}/")
-    connector = aiohttp.TCPConnector(limit=args.conn_limit, keepalive_timeout=60)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with client(args, port) as session:
         await run_rate(
             1000, 1.0, url=url, session=session, max_in_flight=args.max_in_flight, server=server
         )
@@ -259,7 +291,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rates", default="100,1000,5000,10000")
     parser.add_argument("--beyond", default="12500,15000,17500,20000,25000,30000")
     parser.add_argument("--max-in-flight", type=int, default=1000)
-    parser.add_argument("--conn-limit", type=int, default=100, help="aiohttp connection pool size")
+    parser.add_argument("--conn-limit", type=int, default=100, help="connection pool size")
+    parser.add_argument(
+        "--client", choices=("soakd", "aiohttp"), default="soakd", help="HTTP client under test"
+    )
     parser.add_argument("--pin", action="store_true", help="client on CPU 0, server on CPU 1")
     parser.add_argument("--aiohttp-server", action="store_true")
     parser.add_argument(
@@ -277,7 +312,7 @@ def main(argv: list[str]) -> int:
             f"# python {sys.version.split()[0]}, uvloop {version('uvloop')}, "
             f"aiohttp {aiohttp.__version__}, {os.cpu_count()} CPUs, "
             f"loadavg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-            f"{args.duration:g} s per rate, pinned={args.pin}",
+            f"{args.duration:g} s per rate, pinned={args.pin}, client={args.client}",
             flush=True,
         )
         if args.profile:

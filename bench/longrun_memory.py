@@ -60,6 +60,8 @@ async def soakd_run(a: argparse.Namespace) -> None:
     since_roll = 0
     client: EngramClient | None = None
     url = a.url
+    base, _, rest = url.partition("/data")
+    target = "/data" + rest
 
     async def fire_synthetic(k: int, intended_ns: int) -> None:
         nonlocal since_roll
@@ -73,7 +75,7 @@ async def soakd_run(a: argparse.Namespace) -> None:
     async def fire_network(k: int, intended_ns: int) -> None:
         nonlocal since_roll
         assert client is not None
-        ex = await client.exchange("GET", url)
+        ex = await client.exchange("GET", target)
         ok = ex.failure is None and ex.status == 200
         r = OpResult(OPS[k % 3], "space_01", intended_ns, ex.sent_ns, ex.done_ns,
                      Outcome.OK if ok else (ex.failure or Outcome.HTTP_ERROR),
@@ -85,7 +87,7 @@ async def soakd_run(a: argparse.Namespace) -> None:
     synthetic = a.fire == "synthetic"
     rate = 1_000_000 if synthetic else a.rate  # synthetic: every arrival is already due
     if not synthetic:
-        client = EngramClient(url.split("/data")[0], clock=clock, max_connections=1000)
+        client = EngramClient(base, clock=clock, max_connections=1000)
     sched = Scheduler(
         "longrun", rate, clock=clock, fire=fire_synthetic if synthetic else fire_network,
         # Synthetic requests finish on their first step, but only once the loop runs

@@ -340,13 +340,12 @@ async def test_unexpected_exception_never_escapes(
     fake: FakeEngram, workload: Workload, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An exception type nobody planned for becomes a CONNECTION outcome."""
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug somewhere below us")
+
     async with EngramClient(fake.url, clock=SystemClock()) as client:
-        session = client._ensure_session()
-
-        def explode(*args: object, **kwargs: object) -> None:
-            raise RuntimeError("a bug somewhere below us")
-
-        monkeypatch.setattr(session, "request", explode)
+        monkeypatch.setattr(client._pool, "_take_idle", explode)
         r = await client.store(workload.store(0), 0)
         r2 = await client.store(workload.store(1), 0)
     assert r.outcome is Outcome.CONNECTION and r2.outcome is Outcome.CONNECTION

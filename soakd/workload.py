@@ -4,14 +4,61 @@ Everything a request carries is a function of ``(seed, run_tag, k)``, so soakd
 never keeps what it wrote: a read-back recomputes the expected content from
 the memory ID alone (:meth:`Workload.expected_content`).
 
-Embeddings are 768 uniform int16 draws, unit-normalised. They are not
-Gaussian (not isotropic), which does not matter here: what matters is that
-two of them have a cosine near 0 (standard deviation ~0.036 for 768
-dimensions), far below Engram's silent de-duplication threshold of 0.95
-(engram-api.md §4). Drawing bytes is ~4x faster than 768 ``gauss()`` calls
-(~75 us against ~330 us per vector on this machine). Floats are printed with
-6 significant digits, which keeps the cosine intact, halves the JSON body and
-keeps a recall URL near 9 KB.
+Embeddings are the hot path: 768 floats in every store body and every recall
+URL. Drawing and printing them per request cost ~190 us. Instead each embedding
+is three pre-printed 256-d *parts* (coordinates 0-255, 256-511, 512-767) taken
+from one pool of ``POOL_SIZE`` = 2048 parts per run. That way a body is a string
+concatenation (bench/workload_bodies.py has the figures).
+
+Which parts (no two embeddings of a run share all three)
+    A store's ``k`` becomes index ``2j`` and a recall's ``2j + 1`` (``j = k`` for
+    ``k < 2**32 - 2**20``; larger ``k``, like the daemon's seed stores at
+    ``10**15 + i``, fold into the last ``2**20`` values of ``j``). A seeded
+    bijection of ``[0, 2**33)`` then mixes the index, and the three 11-bit digits of
+    the result name the three parts. A bijection never gives two indices the same
+    digits, so any two embeddings of a run differ in at least one part. Because
+    of the mixing, neighbouring ``k`` share parts no more often than random
+    triples do. Each stream has 4.29e9 distinct
+    ``k``, about 4x a 7-day run at thousands of stores per second.
+
+How far apart (cosine <= 0.6875, whatever the seed)
+    Part ``(a, c, s)`` for slope ``a`` in GF(16) (8 of them), intercept ``c``
+    (16 values) and sign pattern ``s`` (16 values) places ``+-1/4`` at
+    coordinate ``16*b + (c XOR a*b)`` (GF(16) product) in each 16-coordinate
+    block ``b``, with sign ``(-1)**popcount(s & b)``. Two such lines with
+    different slopes meet in exactly one block, which makes their dot ``+-1/16``.
+    Parallel lines never meet (dot 0), and the same line under two sign patterns
+    gives 0 because Walsh characters are orthogonal. So two distinct parts have
+    a dot of 0 or ``+-1/16``. A fixed random rotation (8 butterfly layers of
+    Givens rotations) then makes the coordinates look continuous and keeps
+    every dot. Parts are scaled by ``1/sqrt(3)``, so an embedding's cosine with
+    another is the mean of the three part dots. With two parts shared it is at
+    most ``(2 + 1/16)/3 = 0.6875``, with one 0.375, and with none 0.0625. That
+    holds by construction, far below Engram's silent de-duplication at 0.95
+    (engram-api.md §4). Printing 6 significant digits halves the text and moves
+    dots by about 1e-6. Each part's largest coordinate is printed in full so that
+    norms stay exact to about 1e-15. About 3/2048**2 of all pairs share two
+    parts (cosine 0.65-0.69). A recall query matches such a memory because
+    that is above the default recall threshold of 0.5: about 0.07 matches per
+    query against 100k memories in a space. With independent random vectors
+    (the old scheme) a recall matched nothing.
+
+Per run and memory
+    A permutation of the 256 coordinates, seeded by ``(seed, run_tag)``, turns
+    the fixed base pool into the run's pool. It is orthogonal, so all dots
+    above hold. Two runs against the same Engram do not resend each other's
+    vectors (the daemon's tag changes per run; the seed often stays the spec's
+    default). The old scheme depended on the seed and ``k`` only, so it resent
+    them. A pool is 2048 strings of ~2.8 KB: 5.7 MB held (tracemalloc; ~11 MB
+    peak while it is built). The first pool in a process takes ~0.6-0.9 s to
+    build on the 2-core box. Another ``(seed, run_tag)`` is derived from a cached
+    pool by rewriting its text (~30 ms). At most ``_POOL_CACHE_SIZE`` pools are
+    kept. :class:`Workload` builds its pool when created, before any request is
+    timed. A store then costs ~4 us, the embedding ~1 us of that, and a recall
+    ~2 us.
+
+Content words come from a seeded 64-bit mix of ``k`` (no RNG per request);
+text recall still draws its three words from a seeded ``random.Random``.
 """
 
 from __future__ import annotations
@@ -22,9 +69,10 @@ import json
 import math
 import random
 import re
-from collections import deque
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from urllib.parse import quote
 
 from soakd.spec.model import RecallOptions, SpreadOptions
@@ -47,6 +95,214 @@ _WORDS: tuple[str, ...] = (
     "quartz", "river", "summit", "tundra", "umber", "valley", "willow", "xenon",
     "yarrow", "zephyr", "canyon", "dune", "estuary", "forest", "grove", "heath",
 )  # fmt: skip
+#: All 1024 two-word phrases: four look-ups give a content's eight words.
+_WORD_PAIRS: tuple[str, ...] = tuple(f"{_WORDS[i & 31]} {_WORDS[i >> 5]}" for i in range(1024))
+
+# -- embedding parts (see the module docstring) -------------------------------------
+
+#: Parts per embedding, and the dimension of each.
+PARTS = 3
+PART_DIM = EMBEDDING_DIM // PARTS
+_BLOCKS = 16  # a part is 16 blocks of 16 coordinates (the affine plane over GF(16))
+_SLOPES = 8  # slopes in use, of GF(16)'s 16: 8 x 16 intercepts x 16 sign patterns
+#: Parts in a run's pool; the three digits of an index name three of them.
+POOL_SIZE = _SLOPES * _BLOCKS * _BLOCKS
+_DIGIT_BITS = 11
+_DIGIT_MASK = (1 << _DIGIT_BITS) - 1
+_HIGH_DIGIT_SHIFT = 2 * _DIGIT_BITS
+INDEX_BITS = PARTS * _DIGIT_BITS  # 33: 2**33 indices, even for stores, odd for recalls
+_INDEX_MASK = (1 << INDEX_BITS) - 1
+#: Per stream, k below this map one to one; larger k fold into the last _K_RESERVED.
+_K_RESERVED = 1 << 20
+K_DIRECT = (1 << (INDEX_BITS - 1)) - _K_RESERVED
+#: The largest |dot| of two distinct unit parts; the cosine bound follows from it.
+PART_COHERENCE = 1.0 / 16.0
+#: The largest cosine of two different embeddings of one run (before 6-digit rounding).
+MAX_COSINE = (PARTS - 1 + PART_COHERENCE) / PARTS
+_BASE_SEED = "soakd-parts-v1"  # fixed: the base pool never changes
+_POOL_CACHE_SIZE = 2
+_M64 = (1 << 64) - 1
+
+
+def _gf16_mul(a: int, b: int) -> int:
+    """Product in GF(16) = GF(2)[x] / (x^4 + x + 1)."""
+    product = 0
+    for _ in range(4):
+        if b & 1:
+            product ^= a
+        b >>= 1
+        a <<= 1
+        if a & 0x10:
+            a ^= 0x13
+    return product
+
+
+def _part_support(p: int) -> list[tuple[int, bool]]:
+    """Part ``p``'s 16 non-zero coordinates (one per block) and whether each is negative."""
+    slope, rest = divmod(p, _BLOCKS * _BLOCKS)
+    intercept, signs = divmod(rest, _BLOCKS)
+    return [
+        (_BLOCKS * b + (intercept ^ _gf16_mul(slope, b)), bool((signs & b).bit_count() & 1))
+        for b in range(_BLOCKS)
+    ]
+
+
+_PART_FORMAT = ",".join(["%.6g"] * PART_DIM)
+
+
+def _base_part_texts() -> tuple[str, ...]:
+    """The fixed pool: sparse code vectors, rotated, printed (~0.6 s, once per process)."""
+    rnd = random.Random(_BASE_SEED)
+    layers: list[list[tuple[int, int, float, float]]] = []
+    for bit in range(PART_DIM.bit_length() - 1):  # 8 butterfly layers: all coordinates mix
+        step, layer = 1 << bit, []
+        for x in range(PART_DIM):
+            if not x & step:
+                angle = rnd.uniform(0.0, 2.0 * math.pi)
+                layer.append((x, x | step, math.cos(angle), math.sin(angle)))
+        layers.append(layer)
+    value = 1.0 / (math.sqrt(_BLOCKS) * math.sqrt(PARTS))  # 16 entries: unit norm / sqrt(3)
+    texts: list[str] = []
+    chunk = _BLOCKS * _BLOCKS  # one slope at a time keeps the float lists small
+    for first in range(0, POOL_SIZE, chunk):
+        # Column-major: cols[x][i] is coordinate x of part first + i.
+        cols = [[0.0] * chunk for _ in range(PART_DIM)]
+        for i in range(chunk):
+            for x, negative in _part_support(first + i):
+                cols[x][i] = -value if negative else value
+        for layer in layers:
+            for x, y, c, s in layer:
+                cx, cy = cols[x], cols[y]
+                cols[x] = [c * u - s * v for u, v in zip(cx, cy, strict=True)]
+                cols[y] = [s * u + c * v for u, v in zip(cx, cy, strict=True)]
+        texts.extend(_print_part(row) for row in zip(*cols, strict=True))
+    return tuple(texts)
+
+
+def _print_part(values: tuple[float, ...]) -> str:
+    """``values`` at 6 significant digits, the largest re-printed so the norm stays exact.
+
+    Rounding 256 coordinates moves a part's squared norm by up to ~5e-7.
+    Printing the largest coordinate in full (``repr``, ~17 digits) with that
+    error taken out cancels it to ~1e-16; the change moves a dot by ~1e-7.
+    """
+    tokens = (_PART_FORMAT % values).split(",")
+    printed = [float(t) for t in tokens]
+    top = max(range(PART_DIM), key=lambda x: abs(printed[x]))
+    excess = math.fsum(v * v for v in printed) - 1.0 / PARTS
+    tokens[top] = repr(math.copysign(math.sqrt(printed[top] ** 2 - excess), printed[top]))
+    return ",".join(tokens)
+
+
+def _coordinate_permutation(seed: int, tag: str) -> tuple[int, ...]:
+    return tuple(random.Random(f"soakd-coords:{seed}:{tag}").sample(range(PART_DIM), PART_DIM))
+
+
+class PartPool:
+    """A run's ``POOL_SIZE`` parts, each printed once as 256 comma-separated floats.
+
+    ``texts[i]`` is part ``i``; ``coords`` is the permutation of the base pool's
+    coordinates this pool was made with (coordinate ``x`` holds base coordinate
+    ``coords[x]``).
+    """
+
+    __slots__ = ("coords", "texts")
+
+    def __init__(self, texts: tuple[str, ...], coords: tuple[int, ...]) -> None:
+        self.texts = texts
+        self.coords = coords
+
+    def text(self, parts: tuple[int, int, int]) -> str:
+        """The embedding of ``parts`` as printed in a request: ``a,b,...`` (768 floats)."""
+        t = self.texts
+        return f"{t[parts[0]]},{t[parts[1]]},{t[parts[2]]}"
+
+    def embedding(self, parts: tuple[int, int, int]) -> tuple[float, ...]:
+        """The embedding of ``parts`` exactly as sent (6 significant digits)."""
+        return tuple(map(float, self.text(parts).split(",")))
+
+    def part(self, i: int) -> tuple[float, ...]:
+        """Part ``i`` as sent: 256 floats of norm ``1/sqrt(3)``."""
+        return tuple(map(float, self.texts[i].split(",")))
+
+
+#: Recently used pools by (seed, tag). Not locked: soakd builds workloads on one thread.
+_pools: OrderedDict[tuple[int, str], PartPool] = OrderedDict()
+
+
+def part_pool(seed: int, tag: str) -> PartPool:
+    """The pool for ``(seed, tag)``: derived from a cached pool, else from the base."""
+    key = (seed, tag)
+    pool = _pools.get(key)
+    if pool is not None:
+        _pools.move_to_end(key)
+        return pool
+    coords = _coordinate_permutation(seed, tag)
+    if _pools:
+        source = next(reversed(_pools.values()))
+        source_texts, source_coords = source.texts, source.coords
+    else:
+        source_texts, source_coords = _base_part_texts(), tuple(range(PART_DIM))
+    where = [0] * PART_DIM  # where[base coordinate] = its place in the source pool
+    for place, base in enumerate(source_coords):
+        where[base] = place
+    pick = itemgetter(*[where[base] for base in coords])
+    pool = PartPool(tuple(",".join(pick(text.split(","))) for text in source_texts), coords)
+    _pools[key] = pool
+    while len(_pools) > _POOL_CACHE_SIZE:
+        _pools.popitem(last=False)
+    return pool
+
+
+def clear_pool_cache() -> None:
+    """Forget every cached pool (the next one is built from the base again)."""
+    _pools.clear()
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser: a bijection of 64-bit integers that scatters nearby inputs."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexMixer:
+    """A seeded bijection of ``[0, 2**33)``: two rounds of odd multiply, add, xor-shift.
+
+    Each step is invertible modulo ``2**33`` (an odd multiplier has an inverse,
+    ``x ^= x >> r`` undoes itself from the top bits down), so the whole is: no
+    two indices get the same three digits. Two rounds already scatter
+    neighbouring ``k`` (they share a part no more often than random triples do).
+    """
+
+    mul: tuple[int, int]
+    add: tuple[int, int]
+    shift: tuple[int, int] = (16, 17)
+
+    @classmethod
+    def seeded(cls, seed: int, tag: str) -> IndexMixer:
+        rnd = random.Random(f"soakd-index:{seed}:{tag}")
+        m0, m1, a0, a1 = (rnd.getrandbits(INDEX_BITS) for _ in range(4))
+        return cls((m0 | 1, m1 | 1), (a0, a1))
+
+    def function(self) -> Callable[[int], int]:
+        """The bijection as a closure over its constants (~0.25 us a call)."""
+        (m0, m1), (a0, a1), (r0, r1) = self.mul, self.add, self.shift
+        mask = _INDEX_MASK
+
+        def mix(x: int) -> int:
+            x = (x * m0 + a0) & mask
+            x ^= x >> r0
+            x = (x * m1 + a1) & mask
+            return x ^ (x >> r1)
+
+        return mix
+
+
+def stream_slot(k: int) -> int:
+    """Where ``k`` lands in a stream's ``2**32`` slots: itself if small, else the reserve."""
+    return k if 0 <= k < K_DIRECT else K_DIRECT + k % _K_RESERVED
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +312,18 @@ class StoreRequest:
     space: str
     memory_id: str
     content: str
-    embedding: tuple[float, ...]  # unrounded; the body carries them at 6 significant digits
     k: int
     body: bytes
+
+    @property
+    def embedding(self) -> tuple[float, ...]:
+        """The 768 floats exactly as the body carries them (parsed from it on each access).
+
+        Not kept as a field: a tuple of 768 floats per request would cost more
+        than building the body.
+        """
+        values = json.loads(self.body)["embedding"]
+        return tuple(float(x) for x in values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +390,11 @@ def content_is_self_consistent(content: str) -> bool:
 
 
 def unit_vector(seed_text: str) -> list[float]:
-    """A unit-normalised 768-d vector drawn from ``seed_text`` (uniform int16 components)."""
+    """A unit-normalised 768-d vector drawn from ``seed_text`` (uniform int16 components).
+
+    Not on the request path any more (~75 us, plus ~100 us to print it); kept
+    for callers that want an independent random vector.
+    """
     raw = random.Random(seed_text).randbytes(EMBEDDING_DIM * 2)
     comps = array.array("h")
     comps.frombytes(raw)
@@ -147,6 +416,10 @@ def format_floats(values: Sequence[float]) -> str:
     return ",".join(["%.6g" % x for x in values])  # noqa: UP031 - %-format is the fastest here
 
 
+def _recall_tail(opts: RecallOptions) -> str:
+    return f"max_results={opts.max_results}&threshold={plain_number(opts.threshold)}"
+
+
 def _json_string(text: str) -> str:
     return json.dumps(text)  # C-fast, and escapes whatever a tag or space name holds
 
@@ -159,7 +432,8 @@ class Workload:
     """Builds every measured request of a run from ``(seed, run_tag, k)``.
 
     ``confirm_stored`` remembers, per space, a bounded ring of IDs that Engram
-    answered 201 for; SPREAD starts from one of them.
+    answered 201 for; SPREAD starts from one of them. The run's part pool is
+    built (or taken from the cache) here, so no timed request pays for it.
     """
 
     def __init__(  # noqa: PLR0917 - the signature the daemon was promised
@@ -187,6 +461,26 @@ class Workload:
             f" MAX_HOPS {spread.max_hops} DECAY {plain_number(spread.decay)}"
             f" THRESHOLD {plain_number(spread.threshold)}"
         )
+        # Everything a request body repeats, built once.
+        self.pool = part_pool(seed, self.tag)
+        self.mixer = IndexMixer.seeded(seed, self.tag)
+        self._mix = self.mixer.function()
+        self._word_key = random.Random(f"soakd-words:{seed}:{self.tag}").getrandbits(64)
+        self._content_head = f" seed={seed} tag={self.tag} "
+        self._space_json = tuple(_json_string(s) for s in self.spaces)
+        self._recall_tail = (recall, _recall_tail(recall))
+
+    # -- embeddings --------------------------------------------------------------
+
+    def part_indices(self, k: int, *, recall: bool = False) -> tuple[int, int, int]:
+        """The pool parts of store ``k``'s (or recall ``k``'s) embedding.
+
+        Distinct for any two (stream, k) of a run while ``k < 2**32 - 2**20``
+        (a bijection; see the module docstring); larger ``k`` share the last
+        ``2**20`` slots.
+        """
+        x = self._mix(2 * stream_slot(k) + recall)
+        return x & _DIGIT_MASK, (x >> _DIGIT_BITS) & _DIGIT_MASK, x >> _HIGH_DIGIT_SHIFT
 
     # -- store -------------------------------------------------------------------
 
@@ -204,25 +498,28 @@ class Workload:
         return int(digits)
 
     def content_body(self, k: int) -> str:
-        """The store's content without its checksum suffix."""
-        rnd = random.Random(f"{self.seed}:{_STREAM_STORE}:{k}:words")
-        words = " ".join(rnd.choice(_WORDS) for _ in range(8))
-        return f"soak k={k} seed={self.seed} tag={self.tag} {words}"
+        """The store's content without its checksum suffix (JSON-safe: no escapes needed)."""
+        h = _mix64((k ^ self._word_key) & _M64)
+        w = _WORD_PAIRS
+        words = f"{w[h & 1023]} {w[(h >> 10) & 1023]} {w[(h >> 20) & 1023]} {w[(h >> 30) & 1023]}"
+        return f"soak k={k}{self._content_head}{words}"
 
     def content(self, k: int) -> str:
         body = self.content_body(k)
         return f"{body}{_CHECKSUM_SEP}{checksum(body)}"
 
     def store(self, k: int) -> StoreRequest:
-        space = self.spaces[k % len(self.spaces)]
-        memory_id = self.memory_id(k)
+        i = k % len(self.spaces)
+        memory_id = f"{self._id_prefix}{k}"
         content = self.content(k)
-        vec = unit_vector(f"{self.seed}:{_STREAM_STORE}:{k}")
+        a, b, c = self.part_indices(k)
+        t = self.pool.texts
+        # The ID and content are [A-Za-z0-9_ =-] only (the tag is sanitised): no JSON escapes.
         body = (
-            f'{{"id":"{memory_id}","content":{_json_string(content)},'
-            f'"embedding":[{format_floats(vec)}],"memory_space_id":{_json_string(space)}}}'
+            f'{{"id":"{memory_id}","content":"{content}","embedding":[{t[a]},{t[b]},{t[c]}],'
+            f'"memory_space_id":{self._space_json[i]}}}'
         ).encode()
-        return StoreRequest(space, memory_id, content, tuple(vec), k, body)
+        return StoreRequest(self.spaces[i], memory_id, content, k, body)
 
     def expected_content(self, memory_id: str) -> str | None:
         """What a read-back of ``memory_id`` must return; ``None`` if not ours."""
@@ -248,15 +545,19 @@ class Workload:
     def recall(self, k: int) -> RecallRequest:
         opts = self.recall_options
         space = self.spaces[k % len(self.spaces)]
-        common = f"max_results={opts.max_results}&threshold={plain_number(opts.threshold)}"
         if opts.by == "text":
             rnd = random.Random(f"{self.seed}:{_STREAM_RECALL}:{k}:words")
             text = " ".join(rnd.choice(_WORDS) for _ in range(3))
-            query = f"query={quote(text, safe='')}&{common}"
-        else:
-            vec = unit_vector(f"{self.seed}:{_STREAM_RECALL}:{k}")
-            # Commas are legal in a query string; brackets are not, so encode them.
-            query = f"embedding=%5B{format_floats(vec)}%5D&{common}"
+            return RecallRequest(
+                space, f"query={quote(text, safe='')}&{_recall_tail(opts)}", k, "text"
+            )
+        tail_for, tail = self._recall_tail
+        if opts is not tail_for:  # recall_options was replaced after __init__
+            self._recall_tail = (opts, tail := _recall_tail(opts))
+        a, b, c = self.part_indices(k, recall=True)
+        t = self.pool.texts
+        # Commas are legal in a query string; brackets are not, so encode them.
+        query = f"embedding=%5B{t[a]},{t[b]},{t[c]}%5D&{tail}"
         return RecallRequest(space, query, k, opts.by)
 
     # -- spread ------------------------------------------------------------------

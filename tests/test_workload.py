@@ -5,21 +5,33 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from soakd.spec.model import RecallOptions, SpreadOptions
 from soakd.workload import (
     EMBEDDING_DIM,
+    INDEX_BITS,
+    K_DIRECT,
+    MAX_COSINE,
+    PART_COHERENCE,
+    PART_DIM,
+    PARTS,
+    POOL_SIZE,
+    IndexMixer,
     Workload,
     checksum,
+    clear_pool_cache,
     content_is_self_consistent,
+    part_pool,
     plain_number,
     sanitize_tag,
     space_names,
-    unit_vector,
+    stream_slot,
 )
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -101,14 +113,213 @@ def test_embeddings_are_unit_norm() -> None:
         assert math.isclose(math.fsum(x * x for x in vec), 1.0, rel_tol=1e-9)
 
 
-def test_pairwise_cosine_is_near_zero() -> None:
-    """No two stored embeddings come near Engram's 0.95 de-dup threshold."""
+def test_pairwise_cosine_is_far_below_dedup() -> None:
+    """Stores of one run, and store vs recall of the same k, stay far below Engram's 0.95."""
     w = make()
     vecs = [w.store(k).embedding for k in range(60)]
     worst = max(abs(cosine(a, b)) for i, a in enumerate(vecs) for b in vecs[i + 1 :])
-    assert worst < 0.2
-    # Store and recall draws of the same k are different streams.
-    assert abs(cosine(w.store(3).embedding, unit_vector("7:2:3"))) < 0.2
+    assert worst <= MAX_COSINE + 1e-5 < 0.7
+    # Store and recall draws of the same k are different parts.
+    assert w.part_indices(3) != w.part_indices(3, recall=True)
+    assert abs(cosine(w.store(3).embedding, recall_vector(w, 3))) <= MAX_COSINE + 1e-5
+
+
+# -- the part construction (module docstring: "Which parts", "How far apart") -------
+
+
+def recall_vector(w: Workload, k: int) -> list[float]:
+    params = parse_qs(w.recall(k).query_string)
+    vec: list[float] = json.loads(params["embedding"][0])
+    return vec
+
+
+def unxorshift(y: int, r: int) -> int:
+    x = y
+    for _ in range(INDEX_BITS // r + 1):
+        x = y ^ (x >> r)
+    return x
+
+
+def unmix(m: IndexMixer, y: int) -> int:
+    """The inverse of ``m.function()``: its existence proves the mixer is a bijection."""
+    mod = 1 << INDEX_BITS
+    for mul, add, shift in reversed(list(zip(m.mul, m.add, m.shift, strict=True))):
+        y = unxorshift(y, shift)
+        y = ((y - add) * pow(mul, -1, mod)) % mod
+    return y
+
+
+def test_part_geometry_constants() -> None:
+    """3 parts of 256 make 768; 2048 parts; the cosine bound is (2 + 1/16) / 3."""
+    assert PARTS * PART_DIM == EMBEDDING_DIM
+    assert POOL_SIZE == 2**11 and POOL_SIZE**PARTS == 2**INDEX_BITS
+    assert math.isclose(MAX_COSINE, 0.6875)
+    # Each stream keeps over 4e9 k one to one: ~4x a 7-day run at thousands of stores/s.
+    assert K_DIRECT > 4 * 10**9
+
+
+@given(x=st.integers(min_value=0, max_value=2**INDEX_BITS - 1), seed=st.integers(0, 2**63 - 1))
+@settings(max_examples=300, deadline=None)
+def test_index_mixer_is_a_bijection(x: int, seed: int) -> None:
+    """Every seeded mixer has an inverse on [0, 2**33), so no two indices share all digits."""
+    m = IndexMixer.seeded(seed, "tag")
+    y = m.function()(x)
+    assert 0 <= y < 2**INDEX_BITS
+    assert unmix(m, y) == x
+
+
+def test_part_indices_injective_over_a_large_range() -> None:
+    """2**17 consecutive k and 2**17 spread over all 4.29e9: all different, both streams."""
+    w = make()
+    stride = K_DIRECT // 2**17
+    ks = [*range(2**17), *range(2**17, K_DIRECT, stride)]
+    seen = {w.part_indices(k, recall=r) for k in ks for r in (False, True)}
+    assert len(seen) == 2 * len(ks)
+    assert all(0 <= d < POOL_SIZE for triple in list(seen)[:1000] for d in triple)
+
+
+@given(
+    k1=st.integers(min_value=0, max_value=K_DIRECT - 1),
+    k2=st.integers(min_value=0, max_value=K_DIRECT - 1),
+    r1=st.booleans(),
+    r2=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_part_indices_differ_for_different_requests(k1: int, k2: int, r1: bool, r2: bool) -> None:
+    """Any two (k, stream) of a run below the direct range get different part triples."""
+    w = make()
+    same = w.part_indices(k1, recall=r1) == w.part_indices(k2, recall=r2)
+    assert same == ((k1, r1) == (k2, r2))
+
+
+def test_huge_k_fold_into_the_reserve() -> None:
+    """The daemon's seed stores (k = 10**15 + i) land beyond every directly mapped k."""
+    assert [stream_slot(k) for k in (0, 1, K_DIRECT - 1)] == [0, 1, K_DIRECT - 1]
+    slots = {stream_slot(10**15 + i) for i in range(1000)}
+    assert len(slots) == 1000 and min(slots) >= K_DIRECT
+    assert max(slots) < 2 ** (INDEX_BITS - 1)
+
+
+def test_no_two_k_share_all_three_parts() -> None:
+    """A few thousand stores and recalls, plus seed stores: never the same three parts."""
+    w = make()
+    ks = [*range(3000), *range(10**15, 10**15 + 200), K_DIRECT - 1, K_DIRECT]
+    triples = [w.part_indices(k, recall=r) for k in ks for r in (False, True)]
+    assert len(set(triples)) == len(triples)
+    bodies = {w.store(k).body.split(b'"embedding":')[1] for k in range(500)}
+    assert len(bodies) == 500
+
+
+def pairs_sharing_two_parts(w: Workload, n: int, limit: int) -> list[tuple[int, int]]:
+    """Store k pairs among range(n) whose triples agree in exactly two places."""
+    found: list[tuple[int, int]] = []
+    buckets: dict[tuple[int, int, int], int] = {}
+    for k in range(n):
+        a, b, c = w.part_indices(k)
+        for key in ((0, a, b), (1, a, c), (2, b, c)):
+            other = buckets.setdefault(key, k)
+            if other != k:
+                found.append((other, k))
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def test_worst_cosine_includes_pairs_sharing_two_parts() -> None:
+    """Stores that share two parts exist and sit near 2/3: above 0.5, at most 0.7."""
+    w = make()
+    pairs = pairs_sharing_two_parts(w, 200_000, 40)
+    assert len(pairs) == 40  # ~14,000 expected in 200k stores: the sample sees them
+    shared_cos = [cosine(w.store(i).embedding, w.store(j).embedding) for i, j in pairs]
+    assert min(shared_cos) > 0.5
+    # A constructed pair: parts (a, b, c) and (a, b, c'), in all of c' for one c.
+    pool = w.pool
+    base = pool.embedding((5, 9, 77))
+    constructed = [cosine(base, pool.embedding((5, 9, c))) for c in range(POOL_SIZE) if c != 77]
+    assert min(constructed) > 0.5
+    # The worst over everything: shared pairs, the constructed ones, 80 stores pairwise.
+    vecs = [w.store(k).embedding for k in range(80)]
+    sample = [cosine(a, b) for i, a in enumerate(vecs) for b in vecs[i + 1 :]]
+    worst = max(*shared_cos, *constructed, *sample)
+    assert worst <= 0.7
+    assert worst <= MAX_COSINE + 1e-5
+
+
+def test_pool_parts_are_unit_and_near_orthogonal() -> None:
+    """All 2048 parts: norm 1/sqrt(3), and any two have a dot of 0 or +-1/16 (unit scale).
+
+    This is the property the cosine bound stands on; checked on the printed
+    text, for two different runs (the coordinate permutation keeps it).
+    """
+    np = pytest.importorskip("numpy")
+    for seed, tag in ((7, "run_1"), (123, "other")):
+        pool = part_pool(seed, tag)
+        parts = np.array([pool.part(i) for i in range(POOL_SIZE)]) * math.sqrt(PARTS)
+        norms = (parts * parts).sum(axis=1)
+        assert np.abs(norms - 1.0).max() < 1e-12
+        gram = parts @ parts.T
+        np.fill_diagonal(gram, 0.0)
+        assert np.abs(gram).max() <= PART_COHERENCE + 1e-5
+        # Only 0 and +-1/16 occur, and both do (the test can tell the cases apart).
+        rounded = set(np.unique(np.round(gram * 16)).tolist())
+        assert rounded == {-1.0, 0.0, 1.0}
+
+
+def test_embeddings_exactly_as_sent() -> None:
+    """StoreRequest.embedding is the body's embedding, and unit-norm to float precision."""
+    w = make()
+    for k in (0, 1, 99, 10**9, 10**15 + 3):
+        req = w.store(k)
+        doc = json.loads(req.body)
+        assert list(req.embedding) == doc["embedding"]
+        assert abs(math.fsum(x * x for x in req.embedding) - 1.0) < 1e-12
+        assert abs(math.fsum(x * x for x in recall_vector(w, k)) - 1.0) < 1e-12
+        assert req.embedding == w.pool.embedding(w.part_indices(k))
+
+
+def test_determinism_across_instances_and_cache() -> None:
+    """The same (seed, tag) gives the same requests, however its pool was obtained."""
+    first = make(seed=3, tag="det")
+    bodies = [first.store(k).body for k in (0, 5, 10**8)]
+    queries = [first.recall(k).query_string for k in (0, 5, 10**8)]
+    clear_pool_cache()
+    make(seed=4, tag="det")  # the next pool is derived from this one, not from the base
+    again = make(seed=3, tag="det")
+    assert [again.store(k).body for k in (0, 5, 10**8)] == bodies
+    assert [again.recall(k).query_string for k in (0, 5, 10**8)] == queries
+    assert again.pool.texts == first.pool.texts
+
+
+def test_runs_send_different_embeddings() -> None:
+    """Another tag (a new run) or seed gives other parts and a low cross-run cosine."""
+    a, b = make(seed=7, tag="run-1"), make(seed=7, tag="run-2")
+    assert a.pool.texts != b.pool.texts and a.pool.texts[0] != b.pool.texts[0]
+    assert a.pool.texts != make(seed=8, tag="run-1").pool.texts
+    va = [a.store(k).embedding for k in range(40)]
+    vb = [b.store(k).embedding for k in range(40)]
+    assert max(abs(cosine(x, y)) for x in va for y in vb) < 0.3
+
+
+def test_pool_memory_is_a_few_mb() -> None:
+    """A pool's text stays under 6.5 MB (2048 parts of ~2.8 KB)."""
+    pool = make().pool
+    size = sys.getsizeof(pool.texts) + sum(sys.getsizeof(t) for t in pool.texts)
+    assert 4_000_000 < size < 6_500_000
+
+
+@given(tag=st.text(max_size=20), k=st.integers(min_value=0, max_value=10**16))
+@settings(max_examples=40, deadline=None)
+def test_store_body_is_valid_json_for_any_tag(tag: str, k: int) -> None:
+    """The body is built by concatenation: whatever the tag, it parses to what was meant."""
+    w = Workload(1, tag, ["space_01", 'we"ird\\space'], RecallOptions(), SpreadOptions())
+    req = w.store(k)
+    doc = json.loads(req.body)
+    assert (doc["id"], doc["content"], doc["memory_space_id"]) == (
+        req.memory_id,
+        req.content,
+        req.space,
+    )
+    assert w.verify(req.memory_id, doc["content"])
 
 
 def test_checksum_round_trip() -> None:

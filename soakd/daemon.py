@@ -583,10 +583,14 @@ class Daemon:
     # -- periodic steps -------------------------------------------------------------------
 
     async def _roll(self) -> None:
-        self._batch.intervals.extend(self.stats.roll())
-        # Whole-run percentiles cost ~3 ms per operation: computed here, once
-        # per stats interval, not on every status read.
-        self._summaries = {op: self.stats.totals(op) for op in self.schedulers}
+        # The swap of the live histograms happens on the loop (~10 us); encoding,
+        # merging and the whole-run percentiles run in a worker thread, once per
+        # stats interval, not on every status read. A roll whose caller is
+        # cancelled at shutdown still closes: the final roll waits for it and
+        # returns its records too, oldest first.
+        self._batch.intervals.extend(await self.stats.roll_async())
+        summaries = self.stats.summaries
+        self._summaries = {op: summaries[op] for op in self.schedulers if op in summaries}
 
     def _counters(self) -> dict[str, int]:
         counters = {NEXT_K.format(op=op.value): s.next_k for op, s in self.schedulers.items()}

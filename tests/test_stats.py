@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import random
+import threading
+from collections.abc import Iterator, Sequence
 
 import pytest
 from hdrh.histogram import HdrHistogram
 
+from soakd import stats as stats_module
 from soakd.clock import FakeClock
 from soakd.model import IntervalRecord, Op, OpResult, Outcome
 from soakd.stats import (
@@ -18,6 +23,7 @@ from soakd.stats import (
     p99_series,
     summarize,
 )
+from soakd.testing import async_wait_for
 
 MS = 1_000_000
 SEC = 1_000_000_000
@@ -327,3 +333,242 @@ def test_latency_summary_as_dict_keys() -> None:
         "max": 5.0,
         "mean": 1.5,
     }
+
+
+def test_mean_is_exact_when_uint64_would_overflow() -> None:
+    """Counts whose weighted sum passes 2**64 still give hdrh's mean (Python-int fallback)."""
+    ours, reference = Histogram(), HdrHistogram(1, 3_600_000_000, 3)
+    for value_us, times in ((3_000_000_000, 2**40), (1_000, 2**41), (7, 3)):
+        ours._h.record_value(value_us, times)
+        reference.record_value(value_us, times)
+    assert ours.count * 3_000_000_000 > 2**64
+    assert ours.mean_ms() == reference.get_mean_value() / 1000.0
+    qs = [0.0, 50.0, 99.0, 99.9, 100.0]
+    expected = reference.get_percentile_to_value_dict(qs)
+    assert ours.percentiles_ms(qs) == {q: expected[q] / 1000.0 for q in qs}
+
+
+# -- rolling in a worker thread ------------------------------------------------------------
+
+
+class Gate:
+    """A worker pause that parks the roll's worker at its ``block_at``-th pause until opened."""
+
+    def __init__(self, block_at: int = 1) -> None:
+        self.block_at = block_at
+        self.calls = 0
+        self.parked = threading.Event()
+        self._open = threading.Event()
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == self.block_at:
+            self.parked.set()
+            if not self._open.wait(10.0):
+                raise TimeoutError("the test never opened the gate")
+
+    def open(self) -> None:
+        self._open.set()
+
+
+@contextlib.contextmanager
+def parked_worker(monkeypatch: pytest.MonkeyPatch, block_at: int = 1) -> Iterator[Gate]:
+    """Roll workers pause through a :class:`Gate`, opened on the way out even on failure."""
+    gate = Gate(block_at)
+    monkeypatch.setattr(stats_module, "_worker_pause", gate)
+    try:
+        yield gate
+    finally:
+        gate.open()  # a failing test must not leave a worker thread parked
+
+
+def _record_n(hub: StatsHub, n: int, op: Op = Op.STORE, service_ms: float = 5.0) -> None:
+    for i in range(n):
+        ok = i % 10 != 0
+        hub.on_result(
+            result(
+                op,
+                service_ms=service_ms + i % 7,
+                outcome=Outcome.OK if ok else Outcome.TIMEOUT,
+                status=200 if ok else None,
+            )
+        )
+
+
+def _count(records: Sequence[IntervalRecord], op: Op = Op.STORE) -> int:
+    return sum(r.count for r in records if r.op == op)
+
+
+def _pauses_of_one_roll(monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many pauses the worker takes to roll the data of the tests below."""
+    counter = Gate(block_at=0)
+    monkeypatch.setattr(stats_module, "_worker_pause", counter)
+    hub = StatsHub([Op.STORE, Op.RECALL], FakeClock())
+    _record_n(hub, 100)
+    asyncio.run(hub.roll_async())
+    return counter.calls
+
+
+def test_totals_exact_while_roll_in_flight_at_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wherever the worker is, records made meanwhile go to the next interval and totals are exact.
+
+    The worker is parked at each of its pauses in turn (before, during and after
+    the merge into the totals): totals() must count the detached interval
+    exactly once, plus what was recorded since.
+    """
+    steps = _pauses_of_one_roll(monkeypatch)
+    assert steps > 10
+
+    async def one(block_at: int) -> None:
+        clock = FakeClock(wall_start=100.0)
+        hub = StatsHub([Op.STORE, Op.RECALL], clock)
+        _record_n(hub, 100)
+        hub.on_dropped(Op.STORE, 0)
+        clock.advance(10 * SEC)
+        with parked_worker(monkeypatch, block_at) as gate:
+            rolling = asyncio.create_task(hub.roll_async())
+            await async_wait_for(gate.parked.is_set, what=f"worker parked at pause {block_at}")
+            assert hub.rolling
+            _record_n(hub, 7, service_ms=900.0)  # during the roll: the next interval
+            hub.on_late(Op.STORE)
+            total = hub.totals(Op.STORE)
+            assert (total.count, total.dropped, total.late) == (107, 1, 1), block_at
+            assert total.errors == {"timeout": 11}
+            assert total.service.count == total.latency.count == total.lag.count == 107
+            assert total.service.max_ms == pytest.approx(906, rel=1e-3)
+            gate.open()
+            records = await rolling
+        store = next(r for r in records if r.op == Op.STORE)
+        assert (store.count, store.ok, store.dropped, store.late) == (100, 90, 1, 0)
+        assert (store.start, store.end) == (100.0, 110.0)
+        assert Histogram.decode(store.service_hist).count == 100
+        assert Histogram.decode(store.service_hist).max_ms() < 20
+        summary = hub.summaries[Op.STORE]
+        assert (summary.count, summary.dropped, summary.duration_s) == (100, 1, 10.0)
+        clock.advance(5 * SEC)
+        (store2, _) = await hub.roll_async()
+        assert (store2.count, store2.late, store2.start, store2.end) == (7, 1, 110.0, 115.0)
+        assert Histogram.decode(store2.service_hist).percentile_ms(50) >= 900
+        assert hub.totals(Op.STORE).count == 107
+        assert hub.summaries[Op.STORE].count == 107
+
+    for block_at in range(1, steps + 1):
+        asyncio.run(one(block_at))
+
+
+async def test_counts_add_up_over_many_rolls_with_concurrent_recording() -> None:
+    """Recording non-stop while 15 rolls run in the worker: every result counted exactly once."""
+    clock = FakeClock(wall_start=0.0)
+    hub = StatsHub([Op.STORE, Op.RECALL, Op.SPREAD], clock)
+    recorded = dict.fromkeys((Op.STORE, Op.RECALL, Op.SPREAD), 0)
+    during_rolls = 0
+    stop = False
+
+    async def load() -> None:
+        nonlocal during_rolls
+        rng = random.Random(9)
+        while not stop:
+            op = rng.choice((Op.STORE, Op.RECALL, Op.SPREAD))
+            n = rng.randrange(1, 30)
+            _record_n(hub, n, op, service_ms=rng.uniform(0.1, 2000))
+            recorded[op] += n
+            during_rolls += n if hub.rolling else 0
+            # Pacing, not waiting: a loop that never idles would let the worker in
+            # only once per GIL switch interval, making 15 rolls take seconds.
+            await asyncio.sleep(0.0002)
+
+    loader = asyncio.create_task(load())
+    records: list[IntervalRecord] = []
+    live_after_first = 0
+    for i in range(15):
+        clock.advance(SEC)
+        records.extend(await hub.roll_async())
+        if i == 0:
+            live_after_first = _live_hdr_histograms()
+    stop = True
+    await loader
+    clock.advance(SEC)
+    records.extend(await hub.roll_async())
+    assert _live_hdr_histograms() == live_after_first  # spare sets are reused, not piled up
+    assert during_rolls > 0  # the load did run while workers were closing intervals
+    for op, n in recorded.items():
+        mine = [r for r in records if r.op == op]
+        assert _count(mine, op) == n > 0
+        assert sum(Histogram.decode(r.response_hist).count for r in mine) == n
+        assert [(r.start, r.end) for r in mine] == [(float(i), float(i + 1)) for i in range(16)]
+        assert hub.totals(op).count == n
+        assert hub.summaries[op] == hub.totals(op)  # nothing recorded since the last roll
+        assert summarize(op, records).latency == hub.totals(op).latency
+
+
+async def test_cancelled_roll_is_returned_by_the_next_roll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller cancelled mid-roll (shutdown) loses nothing: the next roll waits, returns both."""
+    clock = FakeClock(wall_start=0.0)
+    hub = StatsHub([Op.STORE], clock)
+    _record_n(hub, 30)
+    clock.advance(10 * SEC)
+    with parked_worker(monkeypatch) as gate:
+        first = asyncio.create_task(hub.roll_async())
+        await async_wait_for(gate.parked.is_set, what="worker parked")
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        _record_n(hub, 4)
+        clock.advance(2 * SEC)
+        final = asyncio.create_task(hub.roll_async())  # the daemon's last partial interval
+        # A negative check needs a window: the final roll must not close before the first
+        # (were its worker not chained, it would finish well within this time).
+        done, _ = await asyncio.wait({final}, timeout=0.2)
+        assert not done
+        gate.open()
+        records = await final
+    assert [(r.start, r.end, r.count) for r in records] == [(0.0, 10.0, 30), (10.0, 12.0, 4)]
+    assert hub.summaries[Op.STORE].count == 34
+    assert await hub.roll_async() == [
+        IntervalRecord(
+            Op.STORE, 12.0, 12.0, 0, 0, {}, 0, 0, *(Histogram().encode() for _ in range(3))
+        )
+    ]
+
+
+async def test_roll_and_restore_refuse_while_a_roll_is_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker owns the totals during a roll: an inline roll or a restore would race it."""
+    hub = StatsHub([Op.STORE], FakeClock())
+    _record_n(hub, 3)
+    with parked_worker(monkeypatch) as gate:
+        rolling = asyncio.create_task(hub.roll_async())
+        await async_wait_for(gate.parked.is_set, what="worker parked")
+        with pytest.raises(RuntimeError):
+            hub.roll()
+        with pytest.raises(RuntimeError):
+            hub.restore([], 0.0)
+        gate.open()
+        assert _count(await rolling) == 3
+    assert hub.roll()[0].count == 0
+
+
+async def test_worker_failure_is_raised_and_the_hub_keeps_rolling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception in the worker reaches the caller; the next roll works normally."""
+    clock = FakeClock(wall_start=0.0)
+    hub = StatsHub([Op.STORE], clock)
+    _record_n(hub, 5)
+
+    def broken() -> None:
+        raise OSError("boom")
+
+    monkeypatch.setattr(stats_module, "_worker_pause", broken)
+    with pytest.raises(OSError, match="boom"):
+        await hub.roll_async()
+    assert not hub.rolling
+    monkeypatch.undo()
+    _record_n(hub, 2)
+    clock.advance(SEC)
+    records = await hub.roll_async()
+    assert _count(records) == 2
+    assert hub.totals(Op.STORE).count == hub.summaries[Op.STORE].count

@@ -588,7 +588,11 @@ class Daemon:
         # stats interval, not on every status read. A roll whose caller is
         # cancelled at shutdown still closes: the final roll waits for it and
         # returns its records too, oldest first.
-        self._batch.intervals.extend(await self.stats.roll_async())
+        records = await self.stats.roll_async()
+        # Only after the await: a flush during it swaps the batch's lists, and
+        # `self._batch.intervals.extend(await ...)` would bind the old list first
+        # and append to one already written (the records would be lost).
+        self._batch.intervals.extend(records)
         summaries = self.stats.summaries
         self._summaries = {op: summaries[op] for op in self.schedulers if op in summaries}
 

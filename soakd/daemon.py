@@ -756,8 +756,13 @@ class Daemon:
         cutoff = self.clock.wall() - RETAIN_FULL_S
         merged = await asyncio.to_thread(self.store.compact_intervals, cutoff, COMPACT_WIDTH_S)
         thinned = await asyncio.to_thread(self.store.thin_samples, cutoff, 10)
-        if merged or thinned:
-            log.info("retention", intervals_merged=merged, samples_thinned=thinned)
+        # Delivered notifications are history (the report reads alert_history,
+        # not the outbox); only undelivered ones must survive a restart.
+        pruned = await asyncio.to_thread(self.dispatcher.prune, cutoff)
+        if merged or thinned or pruned:
+            log.info(
+                "retention", intervals_merged=merged, samples_thinned=thinned, outbox_pruned=pruned
+            )
 
     async def _check_disk(self, force_thin: bool = False) -> None:
         was_low = self.disk.low

@@ -28,7 +28,7 @@ from soakd.alerting.receivers import parse_retry_after
 from soakd.clock import FakeClock, SystemClock
 from soakd.model import Alert, AlertState, AlertTransition, Clock
 from soakd.spec.model import ReceiverSpec, ReceiverType, Secret
-from soakd.testing import async_wait_for
+from soakd.testing import async_wait_for, free_port
 
 BASE = {"run_id": "run-1", "target": "http://127.0.0.1:7432", "job": "soakd"}
 FAST = Backoff(base_s=0.05, cap_s=0.2)
@@ -255,6 +255,31 @@ async def test_permanent_refusal_is_not_retried(tmp_path: Path, sink: Sink) -> N
     await async_wait_for(lambda: len(sink.requests) == 2 and d.status()[0].pending == 0)
     await _stop(task, d)
     assert len(sink.requests) == 2
+
+
+async def test_prune_forgets_finished_rows_and_keeps_undelivered(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """Delivered and refused rows older than the cut go; an undelivered row never does."""
+    sink.script = [(400, {})]
+    dead = ReceiverSpec("dead", ReceiverType.WEBHOOK, url=f"http://127.0.0.1:{free_port()}/")
+    d = _dispatcher(tmp_path, [_webhook(sink.url), dead])
+    task = await _running(d)
+    _submit(
+        d,
+        _alert("crash", 1000.0, AlertState.FIRING),
+        _alert("integrity", 1000.0, AlertState.FIRING),
+    )
+    hook = lambda: next(s for s in d.status() if s.name == "hook")  # noqa: E731
+    await async_wait_for(lambda: len(sink.requests) == 2 and hook().pending == 0)
+    cut = time.time()
+    try:
+        assert d.prune(cut - 3600) == 0  # finished, but not older than the cut
+        assert d.prune(cut + 1) == 2  # one refused (400), one delivered
+        assert d.prune(cut + 1) == 0
+        assert {s.name: s.pending for s in d.status()} == {"hook": 0, "dead": 2}
+    finally:
+        await _stop(task, d)
 
 
 async def test_restart_mid_way_sends_no_delivered_row_twice(tmp_path: Path, sink: Sink) -> None:

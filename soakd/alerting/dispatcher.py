@@ -309,6 +309,10 @@ class Dispatcher:
 
     # -- end of run, status, test ----------------------------------------------------
 
+    def prune(self, before: float) -> int:
+        """Forget finished outbox rows older than ``before`` (BLOCKING: writes the outbox)."""
+        return self._outbox.prune(before)
+
     async def flush(self, timeout_s: float) -> int:
         """Try to deliver everything pending within ``timeout_s``; returns how many remain."""
         deadline = time.monotonic() + timeout_s

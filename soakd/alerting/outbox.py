@@ -177,6 +177,20 @@ class Outbox:
             (now, error, item_id),
         )
 
+    def prune(self, before: float) -> int:
+        """Delete finished rows (delivered, or refused for good) last touched before ``before``.
+
+        Undelivered rows are never pruned: they are what a restarted soakd still
+        owes on-call. Returns how many rows went.
+        """
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "DELETE FROM outbox_items WHERE (delivered IS NOT NULL AND delivered < ?)"
+                " OR (failed = 1 AND last_attempt < ?)",
+                (before, before),
+            )
+        return cur.rowcount
+
     def pending(self, receiver: str | None = None) -> int:
         """Rows still to deliver (for one receiver, or all)."""
         sql = "SELECT COUNT(*) FROM outbox_items WHERE delivered IS NULL AND failed = 0"

@@ -688,6 +688,17 @@ def p99_series(
     return series
 
 
+def quantile_bounded_above(q: float, n: int, z: float = 1.96) -> bool:
+    """Whether ``n`` samples bound the ``q``-th percentile from above at ~95 %.
+
+    With too few samples the upper bracket of :func:`quantile_bounds` falls
+    past the largest sample (for P99: fewer than ~380), so the sample cannot
+    say how high the true quantile may be.
+    """
+    p = q / 100.0
+    return q + 100.0 * z * math.sqrt(p * (1.0 - p) / max(n, 1)) <= 100.0
+
+
 def quantile_bounds(q: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """Percentiles bracketing the ``q``-th percentile of ``n`` samples with ~95 % confidence.
 

@@ -363,6 +363,33 @@ def test_drift_floor_ignores_submillisecond_jitter(tmp_path: Path) -> None:
     assert math.isclose(crit["p99_drift"].measured, 20.0)
 
 
+def test_a_baseline_too_small_to_bound_its_p99_is_not_called_drift(tmp_path: Path) -> None:
+    """A clear P99 rise is drift with a big baseline, and not judged when P99 is unbounded."""
+    from soakd.stats import quantile_bounded_above
+
+    assert not quantile_bounded_above(99.0, 121) and quantile_bounded_above(99.0, 600)
+    store, spec = make_run(tmp_path / "state", SHORT)
+    model = build_model(store, spec, now=SHORT.started_at + 1800.0)
+
+    def rise(bounded: bool) -> dict[str, object]:
+        ops = tuple(
+            replace(
+                o, baseline_p99_ms=5.0, baseline_p99_hi_ms=5.1, last_p99_ms=6.3,
+                last_p99_lo_ms=5.9, baseline_p99_bounded=bounded,
+            )
+            if o.op == "spread"
+            else o
+            for o in model.ops
+        )  # fmt: skip
+        crit = {c.key: c for c in evaluate(replace(model, ops=ops), spec)}
+        return {"passed": crit["p99_drift"].passed, "detail": crit["p99_drift"].detail}
+
+    assert rise(bounded=True)["passed"] is False
+    unbounded = rise(bounded=False)
+    assert unbounded["passed"] is True
+    assert "too few baseline requests" in str(unbounded["detail"])
+
+
 def test_thinned_store_counts_gaps_without_listing_them_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -188,7 +188,11 @@ def p99_drift(m: ReportModel, spec: Spec) -> Criterion:
         parts.append(
             f"{o.op}: baseline P99 {o.baseline_p99_ms:.3f} ms ({o.baseline_count} requests) "
             f"-> last {o.last_p99_ms:.3f} ms ({o.last_count}) = {d:+.1f} %"
-            + (f" (at least {sure:+.1f} % at 95 % confidence)" if sure is not None else "")
+            + (
+                f" (at least {sure:+.1f} % at 95 % confidence)"
+                if sure is not None
+                else " (too few baseline requests to bound its P99: not judged as drift)"
+            )
             + (" DRIFT" if drifted else "")
         )
     if not driven:

@@ -87,6 +87,9 @@ class OpReport:
     # noise of a short stretch is not called drift (a 7-day run's bounds are tight).
     baseline_p99_hi_ms: float | None = None
     last_p99_lo_ms: float | None = None
+    # False when the baseline has too few requests to bound its P99 from above
+    # (P99 needs ~380): a rise then cannot be told from noise at 95 %.
+    baseline_p99_bounded: bool = True
     latency_series: tuple[LatencyPoint, ...] = ()
     ok_rate_series: tuple[Point, ...] = ()
     error_rate_series: tuple[Point, ...] = ()
@@ -94,7 +97,12 @@ class OpReport:
 
     @property
     def significant_drift_pct(self) -> float | None:
-        """How far the last P99's lower bound is above the baseline P99's upper bound, %."""
+        """How far the last P99's lower bound is above the baseline P99's upper bound, %.
+
+        ``None`` when the baseline cannot bound its P99 from above.
+        """
+        if not self.baseline_p99_bounded:
+            return None
         if (
             self.baseline_p99_ms is None
             or self.baseline_p99_ms <= 0.0

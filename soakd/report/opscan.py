@@ -20,7 +20,7 @@ from soakd.report.fastread import IntervalRow, interval_row, interval_rows
 from soakd.report.hist import Merger
 from soakd.report.lttb import downsample
 from soakd.report.model import LatencyPoint, OpReport, Stretch
-from soakd.stats import quantile_bounds
+from soakd.stats import quantile_bounded_above, quantile_bounds
 
 CHUNK_S = 6 * 3600.0
 #: Points per throughput series in the HTML charts.
@@ -171,6 +171,7 @@ def scan_op(
         baseline_p99_ms=base_p99,
         baseline_count=base_n,
         baseline_p99_hi_ms=base_hi,
+        baseline_p99_bounded=quantile_bounded_above(99.0, base_n),
         last=last,
         last_p99_ms=last_p99,
         last_count=last_n,

@@ -1,4 +1,4 @@
-"""Open-model, fixed-rate arrivals for one operation.
+"""Open-model, fixed-rate arrivals: one ``Scheduler`` per operation, one ``Timeline`` per run.
 
 Arrival ``k`` is due at ``start_ns + (k - first_k) / rate``, computed afresh for
 every arrival in integer nanoseconds from a rational rate, so a 7-day run never
@@ -20,13 +20,18 @@ the loop sleeps whole milliseconds rounded up rather than spinning through the
 last fraction (see ``_sleep_until``); arrivals therefore leave up to ~1-2 ms
 after their instant. That lag is measured (sent - intended), never hidden, and
 it never shifts the schedule. See docs/perf-scheduler.md for measured figures.
+
+The daemon runs every operation's scheduler on one ``Timeline``, so the
+arrivals of all operations are issued from a single loop that wakes once per
+distinct instant; ``Scheduler.run`` is a timeline of one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from fractions import Fraction
 
 import structlog
@@ -93,9 +98,7 @@ class Scheduler:
         self._late_threshold_ns = late_threshold_ns
         self._tasks: set[asyncio.Future[None]] = set()
         self._stopped = False
-        self._run_task: asyncio.Task[None] | None = None
-        self._sleeping = False
-        self._woken_by_stop = False
+        self._timeline: Timeline | None = None  # the loop issuing our arrivals, while it runs
         self._logged_types: set[type[BaseException]] = set()
         self.issued = 0
         self.dropped = 0
@@ -120,40 +123,7 @@ class Scheduler:
 
     async def run(self, start_ns: int, first_k: int = 0, until_ns: int | None = None) -> None:
         """Issue arrivals ``first_k, first_k + 1, ...`` until ``until_ns`` (exclusive) or stop()."""
-        if self._run_task is not None:
-            raise RuntimeError(f"scheduler {self.name!r} is already running")
-        self._run_task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        clock = self._clock
-        step = NS_PER_S * self.rate.denominator
-        num = self.rate.numerator
-        k = first_k
-        self.next_k = k
-        self.last_advance_ns = clock.monotonic_ns()
-        burst = 0
-        try:
-            while not self._stopped:
-                intended = start_ns + (k - first_k) * step // num
-                if until_ns is not None and intended >= until_ns:
-                    break
-                now = clock.monotonic_ns()
-                if intended > now:
-                    burst = 0
-                    # Wake at least once a second even at very low rates, so
-                    # last_advance_ns (the watchdog's evidence) keeps moving.
-                    await self._sleep_until(min(intended, now + _HEARTBEAT_NS))
-                    self.last_advance_ns = clock.monotonic_ns()
-                    continue  # re-check: timers may fire early, stop() may have woken us
-                self._issue(loop, k, intended, now)
-                k += 1
-                self.next_k = k
-                self.last_advance_ns = now
-                burst += 1
-                if burst >= _BURST:
-                    burst = 0
-                    await asyncio.sleep(0)
-        finally:
-            self._run_task = None
+        await Timeline(self._clock).run([(self, start_ns, first_k)], until_ns)
 
     def _issue(self, loop: asyncio.AbstractEventLoop, k: int, intended: int, now: int) -> None:
         if len(self._tasks) >= self._max_in_flight:
@@ -209,6 +179,118 @@ class Scheduler:
                 note="further errors of this type are counted, not logged",
             )
 
+    def stop(self) -> None:
+        """No further arrivals; ``run()`` returns at once (even mid-sleep)."""
+        self._stopped = True
+        if self._timeline is not None:
+            self._timeline.stopped_one()
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for in-flight requests; cancel the rest; return how many."""
+        pending = set(self._tasks)
+        if not pending:
+            return 0
+        if timeout_s > 0:
+            _, pending = await asyncio.wait(pending, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            # Bounded: a task that swallows its cancellation must not hang shutdown.
+            await asyncio.wait(pending, timeout=1.0)
+        return len(pending)
+
+
+class Timeline:
+    """One wake-up loop for the arrivals of several schedulers.
+
+    Each scheduler keeps its own exact schedule; the timeline merges them and
+    sleeps once until the earliest arrival due, then issues every arrival of
+    every scheduler that has come due. Arrivals of different operations that
+    fall on the same instant (at the plan's 100/50/20 per second every recall
+    and spread instant is also a store instant) therefore always share one
+    wake-up. Three separate loops shared most of them by accident (their
+    millisecond timers often fired together) and woke 106-132 times a second
+    for the plan's 100 instants; the timeline wakes 101 times. The CPU saved
+    was within the noise: a second wake-up a millisecond after the first is
+    cheap (bench/wakeup_floor.py, docs/perf-compare.md).
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._schedulers: list[Scheduler] = []
+        self._task: asyncio.Task[None] | None = None
+        self._sleeping = False
+        self._woken_by_stop = False
+
+    async def run(
+        self, entries: Sequence[tuple[Scheduler, int, int]], until_ns: int | None = None
+    ) -> None:
+        """Run ``(scheduler, start_ns, first_k)`` schedules until ``until_ns`` or all stop."""
+        if self._task is not None:
+            raise RuntimeError("the timeline is already running")
+        for sched, _, _ in entries:
+            if sched._timeline is not None:
+                raise RuntimeError(f"scheduler {sched.name!r} is already running")
+        self._task = asyncio.current_task()
+        self._schedulers = [sched for sched, _, _ in entries]
+        loop = asyncio.get_running_loop()
+        clock = self._clock
+        # (intended_ns, position, k): position breaks ties in the order given.
+        heap: list[tuple[int, int, int]] = []
+        origins: list[tuple[int, int, int, int]] = []  # start_ns, first_k, step, num
+        now = clock.monotonic_ns()
+        for pos, (sched, start_ns, first_k) in enumerate(entries):
+            sched._timeline = self
+            sched.next_k = first_k
+            sched.last_advance_ns = now
+            step, num = NS_PER_S * sched.rate.denominator, sched.rate.numerator
+            origins.append((start_ns, first_k, step, num))
+            heapq.heappush(heap, (start_ns, pos, first_k))
+        scheds = self._schedulers
+        burst = 0
+        try:
+            while heap:
+                intended, pos, k = heap[0]
+                sched = scheds[pos]
+                if sched._stopped or (until_ns is not None and intended >= until_ns):
+                    heapq.heappop(heap)  # this schedule is over
+                    continue
+                now = clock.monotonic_ns()
+                if intended > now:
+                    burst = 0
+                    # Wake at least once a second even at very low rates, so
+                    # last_advance_ns (the watchdog's evidence) keeps moving.
+                    await self._sleep_until(min(intended, now + _HEARTBEAT_NS))
+                    woke = clock.monotonic_ns()
+                    for s in scheds:
+                        s.last_advance_ns = woke
+                    continue  # re-check: timers may fire early, stop() may have woken us
+                sched._issue(loop, k, intended, now)
+                k += 1
+                sched.next_k = k
+                sched.last_advance_ns = now
+                start_ns, first_k, step, num = origins[pos]
+                heapq.heapreplace(heap, (start_ns + (k - first_k) * step // num, pos, k))
+                burst += 1
+                if burst >= _BURST:
+                    burst = 0
+                    await asyncio.sleep(0)
+        finally:
+            self._task = None
+            for s in scheds:
+                s._timeline = None
+
+    def stopped_one(self) -> None:
+        """A scheduler stopped: once all have, end ``run()`` at once (even mid-sleep)."""
+        if not all(s._stopped for s in self._schedulers):
+            return
+        task = self._task
+        if self._sleeping and task is not None and not self._woken_by_stop:
+            # Cancelling the sleep (not racing it against an Event) keeps the
+            # per-arrival path free of extra futures.
+            self._woken_by_stop = True
+            task.cancel()
+
     async def _sleep_until(self, deadline_ns: int) -> None:
         self._sleeping = True
         try:
@@ -226,27 +308,3 @@ class Scheduler:
                 raise
         finally:
             self._sleeping = False
-
-    def stop(self) -> None:
-        """No further arrivals; ``run()`` returns at once (even mid-sleep)."""
-        self._stopped = True
-        task = self._run_task
-        if self._sleeping and task is not None and not self._woken_by_stop:
-            # Cancelling the sleep (not racing it against an Event) keeps the
-            # per-arrival path free of extra futures.
-            self._woken_by_stop = True
-            task.cancel()
-
-    async def drain(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for in-flight requests; cancel the rest; return how many."""
-        pending = set(self._tasks)
-        if not pending:
-            return 0
-        if timeout_s > 0:
-            _, pending = await asyncio.wait(pending, timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            # Bounded: a task that swallows its cancellation must not hang shutdown.
-            await asyncio.wait(pending, timeout=1.0)
-        return len(pending)

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from soakd.clock import FakeClock, SystemClock
-from soakd.scheduler import NS_PER_S, Scheduler, arrival_offset_ns, exact_rate
+from soakd.scheduler import NS_PER_S, Scheduler, Timeline, arrival_offset_ns, exact_rate
 from soakd.testing import async_wait_for
 
 SEC = NS_PER_S
@@ -392,3 +392,77 @@ async def test_real_clock_and_server_issue_exact_count() -> None:
     assert sched.dropped == 0
     assert statuses == [200] * 200
     assert hits == 200
+
+
+class CountingClock(FakeClock):
+    """A fake clock that records every deadline a sleeper asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deadlines: list[int] = []
+
+    async def sleep_until(self, deadline_ns: int) -> None:
+        self.deadlines.append(deadline_ns)
+        await super().sleep_until(deadline_ns)
+
+
+async def test_timeline_shares_wake_ups_and_keeps_each_schedule() -> None:
+    """The plan's 100/50/20 per second on one timeline: 100 wake-ups a second, not 170.
+
+    Every operation still gets exactly its own arrivals at its own instants.
+    """
+    clock = CountingClock()
+    recs = {rate: Recorder() for rate in (100, 50, 20)}
+    scheds = [make(rate, clock=clock, fire=rec) for rate, rec in recs.items()]
+    run = asyncio.create_task(Timeline(clock).run([(s, 0, 0) for s in scheds], until_ns=SEC))
+    await async_wait_for(lambda: bool(clock.deadlines), timeout_s=5, interval_s=0)
+    now = 0
+    while not run.done():
+        now += 10_000_000
+        clock.set(now)
+        await async_wait_for(
+            functools.partial(
+                lambda t: run.done() or (bool(clock.deadlines) and clock.deadlines[-1] > t), now
+            ),
+            timeout_s=5,
+            interval_s=0,
+            what=f"the timeline to sleep past {now}",
+        )
+    await run
+    for s in scheds:
+        await settle(s)
+    for rate, rec in recs.items():
+        period = SEC // rate
+        assert rec.fired == [(k, k * period) for k in range(rate)]
+    # One wake-up per 10 ms instant in (0, 1 s), the union of the three grids
+    # (three separate loops would sleep 99 + 49 + 19 times).
+    assert clock.deadlines == [i * 10_000_000 for i in range(1, 100)]
+
+
+async def test_timeline_stop_one_keeps_the_others_then_stop_all_wakes_it() -> None:
+    """A stopped scheduler issues nothing more; when all are stopped, run() returns at once."""
+    clock = FakeClock()
+    fast, slow = Recorder(), Recorder()
+    a, b = make(10, clock=clock, fire=fast), make(Fraction(1, 100), clock=clock, fire=slow)
+    run = asyncio.create_task(Timeline(clock).run([(a, 0, 0), (b, 0, 0)]))
+    await advance_to(clock, a, 0, 1)
+    a.stop()
+    clock.set(SEC)
+    await async_wait_for(lambda: clock.sleepers == 1, timeout_s=5, interval_s=0)
+    assert a.issued == 1 and b.issued == 1
+    assert not run.done()
+    b.stop()
+    await asyncio.wait_for(run, timeout=5)
+    assert not run.cancelled()
+
+
+async def test_a_scheduler_runs_on_one_timeline_at_a_time() -> None:
+    """Starting a scheduler that already runs is refused."""
+    clock = FakeClock()
+    sched = make(1, clock=clock, fire=Recorder())
+    run = asyncio.create_task(sched.run(0))
+    await async_wait_for(lambda: clock.sleepers == 1, timeout_s=5, interval_s=0)
+    with pytest.raises(RuntimeError, match="already running"):
+        await Timeline(clock).run([(sched, 0, 0)])
+    sched.stop()
+    await asyncio.wait_for(run, timeout=5)

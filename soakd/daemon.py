@@ -523,6 +523,10 @@ class Daemon:
             skipped=counters.get("integrity_skipped", 0),
             evicted=counters.get("integrity_evicted", 0),
         )
+        self.integrity.restored = counters.get("integrity_restored", 0)
+        self.integrity.restore_pending(
+            opened.store.integrity_pending(), self.clock.monotonic_ns(), self.clock.wall()
+        )
         if self._watcher is not None and self.spec.consolidation is not None:
             window = 3 * (self.spec.consolidation.interval_s + self.spec.consolidation.tolerance_s)
             self._watcher.restore(opened.store.consolidation_runs(since=self.clock.wall() - window))
@@ -608,6 +612,7 @@ class Daemon:
             integrity_corrupted=self.integrity.corrupted,
             integrity_skipped=self.integrity.skipped,
             integrity_evicted=self.integrity.evicted,
+            integrity_restored=self.integrity.restored,
             target_restarts=self.target.restarts,
             target_crashes=self.target.crashes,
         )
@@ -620,6 +625,11 @@ class Daemon:
     async def _flush(self) -> bool:
         """Write what accumulated; on a store failure keep it (bounded) for the next try."""
         self._batch.counters.update(self._counters())
+        # The read-backs not yet judged, with the counters they match: a resumed
+        # run checks them instead of forgetting the last writes before a restart.
+        self._batch.integrity_pending = self.integrity.snapshot(
+            self.clock.monotonic_ns(), self.clock.wall()
+        )
         batch = self._batch.take()
         if len(batch):
             try:
@@ -674,6 +684,8 @@ class Daemon:
         newer.alert_transitions = batch.alert_transitions + newer.alert_transitions
         if newer.alert_states is None:
             newer.alert_states = batch.alert_states
+        if newer.integrity_pending is None:
+            newer.integrity_pending = batch.integrity_pending
         newer.counters = {**batch.counters, **newer.counters}
 
     async def _evaluate(self) -> None:

@@ -17,6 +17,12 @@ of what was written is kept. Verdicts:
 
 The queue is bounded by ``max_pending``: when it is full a selected write is
 counted as ``skipped`` rather than remembered.
+
+The read-backs not yet judged (queued or on the wire) are written to the run
+store with every flush, together with the counters they match, and queued
+again when a run resumes (:meth:`IntegrityChecker.snapshot`,
+:meth:`IntegrityChecker.restore_pending`): the writes acknowledged just before
+soakd (or the whole box) went down are the ones a restart must not forget.
 """
 
 from __future__ import annotations
@@ -88,6 +94,8 @@ class IntegrityChecker:
         self._queue: deque[PendingCheck] = deque()
         self._wake = asyncio.Event()
         self._in_flight = 0
+        self._on_wire: set[PendingCheck] = set()  # popped, not yet judged
+        self.restored = 0  # read-backs carried over from before a restart
         self.checked = 0
         self.lost = 0
         self.corrupted = 0
@@ -128,9 +136,35 @@ class IntegrityChecker:
         errors: int = 0,
         evicted: int = 0,
     ) -> None:
-        """Carry the counts of a resumed run (the pending queue is not durable)."""
+        """Carry the counts of a resumed run (its pending read-backs: ``restore_pending``)."""
         self.checked, self.lost, self.corrupted = checked, lost, corrupted
         self.skipped, self.errors, self.evicted = skipped, errors, evicted
+
+    def snapshot(self, now_ns: int, now_wall: float) -> list[tuple[str, str, float]]:
+        """Every read-back not yet judged as ``(space, memory_id, due wall time)``, by due."""
+        items = sorted(self._on_wire, key=lambda i: i.due_ns) + list(self._queue)
+        return [(i.space, i.memory_id, now_wall + (i.due_ns - now_ns) / 1e9) for i in items]
+
+    def restore_pending(
+        self, rows: list[tuple[str, str, float]], now_ns: int, now_wall: float
+    ) -> None:
+        """Queue again the read-backs a previous soakd of this run had not judged.
+
+        Those already due are due now; at most ``max_pending`` are kept (the
+        oldest first), the rest counted as skipped.
+        """
+        items = [
+            PendingCheck(now_ns + max(0, int((due - now_wall) * 1e9)), space, memory_id)
+            for space, memory_id, due in sorted(rows, key=lambda r: r[2])
+        ]
+        room = max(0, self._max_pending - len(self._queue))
+        kept, over = items[:room], items[room:]
+        self.skipped += len(over)
+        self.restored += len(kept)
+        self._queue = deque(sorted([*kept, *self._queue], key=lambda i: i.due_ns))
+        if kept:
+            log.info("integrity_pending_restored", count=len(kept), skipped=len(over))
+            self._wake.set()
 
     # -- intake ----------------------------------------------------------------
 
@@ -162,6 +196,7 @@ class IntegrityChecker:
                 item = await self._next_due()
                 if item is None:
                     continue
+                self._on_wire.add(item)  # from here until judged: in every snapshot
                 await slots.acquire()  # bounded: each read-back ends within the client timeout
                 task = asyncio.create_task(self._check(item, slots))
                 tasks.add(task)
@@ -195,6 +230,7 @@ class IntegrityChecker:
             except Exception:  # a sink's bug must not end the checker
                 log.exception("integrity_sink_failed")
         finally:
+            self._on_wire.discard(item)
             self._in_flight -= 1
             slots.release()
 

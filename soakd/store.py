@@ -45,6 +45,12 @@ _SAMPLE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Sample))
 # SQLite hands integers back as floats when the column is REAL; restore them.
 _INT_SAMPLE_FIELDS = frozenset(f.name for f in fields(Sample) if str(f.type).startswith("int"))
 
+#: Read-backs not yet judged, replaced whole at each flush (added within schema 1:
+#: a store written by an older soakd gets the table when it is opened to resume).
+_PENDING_TABLE = """CREATE TABLE IF NOT EXISTS integrity_pending (
+    space TEXT NOT NULL, memory_id TEXT NOT NULL, due REAL NOT NULL
+);"""
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS run (
@@ -80,7 +86,12 @@ CREATE TABLE IF NOT EXISTS alert_history (
     new TEXT NOT NULL, value REAL, summary TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+{_PENDING_TABLE}
 """
+
+
+#: A read-back waiting to be judged: (space, memory_id, due as wall seconds).
+PendingRow = tuple[str, str, float]
 
 
 @dataclass
@@ -94,6 +105,9 @@ class Batch:
     alert_transitions: list[AlertTransition] = field(default_factory=list)
     alert_states: list[Alert] | None = None  # None: unchanged; a list replaces all
     counters: dict[str, int] = field(default_factory=dict)  # absolute values
+    # Read-backs not yet judged, (space, memory_id, due wall time); None:
+    # unchanged, a list replaces all. Written with the counters they match.
+    integrity_pending: list[PendingRow] | None = None
 
     def __len__(self) -> int:
         return (
@@ -104,6 +118,7 @@ class Batch:
             + len(self.alert_transitions)
             + (0 if self.alert_states is None else len(self.alert_states))
             + len(self.counters)
+            + (0 if self.integrity_pending is None else 1)
         )
 
     def take(self) -> Batch:
@@ -116,10 +131,12 @@ class Batch:
             self.alert_transitions,
             self.alert_states,
             dict(self.counters),
+            self.integrity_pending,
         )
         self.samples, self.intervals, self.consolidation_runs = [], [], []
         self.events, self.alert_transitions, self.alert_states = [], [], None
         self.counters = {}
+        self.integrity_pending = None
         return out
 
 
@@ -230,6 +247,13 @@ class RunStore:
         if version is None or int(version[0]) != SCHEMA_VERSION:
             conn.close()
             raise UsageError(f"{path} has run-store schema {version}, expected {SCHEMA_VERSION}")
+        if not readonly:
+            try:
+                with conn:
+                    conn.execute(_PENDING_TABLE)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise StartupError(f"cannot update run store {path}: {exc}") from exc
         return store
 
     def close(self) -> None:
@@ -291,6 +315,11 @@ class RunStore:
                         (a.t, a.rule, _labels_key(a.labels), a.old, a.new, a.value, a.summary)
                         for a in batch.alert_transitions
                     ],
+                )
+            if batch.integrity_pending is not None:
+                conn.execute("DELETE FROM integrity_pending")
+                conn.executemany(
+                    "INSERT INTO integrity_pending VALUES (?, ?, ?)", batch.integrity_pending
                 )
             if batch.alert_states is not None:
                 conn.execute("DELETE FROM alert_states")
@@ -503,6 +532,14 @@ class RunStore:
 
     def counters(self) -> dict[str, int]:
         return {str(n): int(v) for n, v in self._all("SELECT name, value FROM counters")}
+
+    def integrity_pending(self) -> list[PendingRow]:
+        """Read-backs not yet judged at the last flush, oldest due first."""
+        try:
+            rows = self._all("SELECT space, memory_id, due FROM integrity_pending ORDER BY due")
+        except sqlite3.OperationalError:  # a store from before the table, opened read-only
+            return []
+        return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
 
     def last_sample_time(self) -> float | None:
         row = self._one("SELECT MAX(t) FROM samples")

@@ -138,6 +138,7 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     )
     try:
         wait_for(lambda: _sample_count(state) >= 4, timeout_s=60, what="samples flushed")
+        wait_for(lambda: _pending(state), timeout_s=60, what="read-backs pending in the store")
         before = _store_samples(state)
         first.kill()
         first.wait(timeout=30)
@@ -150,9 +151,14 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path: Path) -> None:
         after = store.samples()
         gaps = store.events(("gap",))
         info = store.run_info()
+        counters = store.counters()
     finally:
         store.close()
     assert after[: len(before)] == before  # nothing flushed before the kill was lost
+    # The read-backs pending at the kill were judged by the second soakd, all intact.
+    assert counters["integrity_restored"] >= 1
+    assert counters["integrity_lost"] == counters["integrity_corrupted"] == 0
+    assert counters["integrity_checked"] >= counters["integrity_restored"]
     assert len(gaps) == 1
     assert info.status == "completed"
     report = _report(state)
@@ -174,6 +180,19 @@ def _sample_count(state: Path) -> int:
         return 0
     try:
         return store.sample_count()
+    finally:
+        store.close()
+
+
+def _pending(state: Path) -> bool:
+    if not RunStore.exists(state):
+        return False
+    try:
+        store = RunStore.open(state, readonly=True)
+    except Exception:
+        return False
+    try:
+        return bool(store.integrity_pending())
     finally:
         store.close()
 

@@ -32,6 +32,8 @@ class MemoryServer:
     corrupt: set[str] = field(default_factory=set)
     fail: set[str] = field(default_factory=set)
     not_a_memory: set[str] = field(default_factory=set)
+    hang: set[str] = field(default_factory=set)  # answered only once `release` is set
+    release: asyncio.Event = field(default_factory=asyncio.Event)
     gets: list[str] = field(default_factory=list)
 
     async def remember(self, request: web.Request) -> web.Response:
@@ -43,6 +45,8 @@ class MemoryServer:
     async def get(self, request: web.Request) -> web.Response:
         memory_id = request.match_info["id"]
         self.gets.append(memory_id)
+        if memory_id in self.hang:
+            await asyncio.wait_for(self.release.wait(), timeout=30)
         if memory_id in self.fail:
             return web.json_response({"error": {"code": "MEMORY_SYSTEM_ERROR"}}, status=500)
         if memory_id in self.not_a_memory:
@@ -269,3 +273,61 @@ async def test_reference_deduplicated_write_is_lost() -> None:
             assert r.checker.lost == 1 and r.checker.lost_ids == [second.memory_id]
     finally:
         await asyncio.to_thread(proc.stop)
+
+
+async def test_unjudged_read_backs_survive_a_restart(server: MemoryServer) -> None:
+    """Queued and on-the-wire read-backs go into the snapshot; a new checker judges them."""
+    w = Workload(5, "it", space_names(3), RecallOptions(), SpreadOptions())
+    server.lose = {w.memory_id(2)}
+    server.hang = {w.memory_id(0)}
+    clock = FakeClock(start_ns=10**12)
+    async with rig(server.url, clock, delay_s=3.0) as first:
+        await store_all(first, range(1))
+        clock.advance(3 * 10**9)  # k=0 is due: it goes on the wire and hangs there
+        await async_wait_for(lambda: server.gets == [w.memory_id(0)], what="k=0 on the wire")
+        await store_all(first, range(1, 4))  # queued, due in 3 s
+        rows = first.checker.snapshot(clock.monotonic_ns(), clock.wall())
+        assert (first.checker.checked, first.checker.pending, first.checker.in_flight) == (0, 3, 1)
+        server.release.set()
+    assert [r[1] for r in rows] == [w.memory_id(k) for k in range(4)]
+    assert rows[0][2] == clock.wall() and [r[2] for r in rows[1:]] == [clock.wall() + 3.0] * 3
+    server.hang, server.gets = set(), []
+    async with rig(server.url, SystemClock()) as second:
+        later = clock.wall() + 10.0  # restarted after every one of them fell due
+        second.checker.restore_pending(rows, second.clock.monotonic_ns(), later)
+        assert second.checker.restored == 4
+        await async_wait_for(lambda: len(second.sunk) == 4, what="restored read-backs")
+        c = second.checker
+        assert (c.checked, c.lost, c.corrupted, c.errors) == (4, 1, 0, 0)
+        assert c.lost_ids == [w.memory_id(2)]
+        assert sorted(server.gets) == sorted(r[1] for r in rows)
+    async with rig(server.url, SystemClock(), max_pending=2) as small:
+        small.checker.restore_pending(rows, small.clock.monotonic_ns(), later)
+        assert (small.checker.restored, small.checker.skipped) == (2, 2)
+        assert small.checker.pending + small.checker.in_flight == 2
+
+
+async def test_restored_read_backs_keep_their_due_time(server: MemoryServer) -> None:
+    """A read-back restored before it falls due waits for its time, on the new clock."""
+    w = Workload(5, "it", space_names(3), RecallOptions(), SpreadOptions())
+    async with rig(server.url, SystemClock()) as writer:
+        await store_all(writer, range(2))  # the memories exist on the server
+        await async_wait_for(lambda: writer.checker.checked == 2, what="first read-backs")
+    server.gets = []
+    clock = FakeClock(start_ns=5 * 10**12, wall_start=1_800_000_000.0)
+    now_wall = clock.wall()
+    rows = [
+        ("space_01", w.memory_id(0), now_wall - 1.0),
+        ("space_02", w.memory_id(1), now_wall + 3.0),
+    ]
+    async with rig(server.url, clock) as r:
+        r.checker.restore_pending(rows, clock.monotonic_ns(), now_wall)
+        await async_wait_for(lambda: r.checker.checked == 1, what="the overdue read-back")
+        assert server.gets == [w.memory_id(0)] and r.checker.pending == 1
+        clock.advance(2_900_000_000)  # not yet due: the checker stays parked on the clock
+        await async_wait_for(lambda: clock.sleepers == 1, what="the checker asleep")
+        assert r.checker.pending == 1 and r.checker.checked == 1
+        assert server.gets == [w.memory_id(0)]
+        clock.advance(100_000_000)
+        await async_wait_for(lambda: r.checker.checked == 2, what="the second at its due time")
+        assert server.gets == [w.memory_id(0), w.memory_id(1)]

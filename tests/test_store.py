@@ -108,10 +108,10 @@ def test_thinning_keeps_one_sample_per_step(tmp_path: Path) -> None:
 
 def test_batch_take_empties_the_batch(tmp_path: Path) -> None:
     """take() hands over everything and leaves an empty batch behind."""
-    batch = Batch(samples=[Sample(t=1.0, pid=1)], counters={"a": 1})
+    batch = Batch(samples=[Sample(t=1.0, pid=1)], counters={"a": 1}, integrity_pending=[])
     out = batch.take()
-    assert len(out) == 2
-    assert len(batch) == 0
+    assert len(out) == 3 and out.integrity_pending == []
+    assert len(batch) == 0 and batch.integrity_pending is None
 
 
 def _interval(op: Op, start: float, count: int, latency_ns: int) -> IntervalRecord:
@@ -151,3 +151,34 @@ def test_compaction_merges_old_intervals_once_and_keeps_every_count(tmp_path: Pa
     assert after.latency.p50_ms == before.latency.p50_ms
     assert store.compact_intervals(until=1380.0, width_s=60.0) == 0  # nothing twice
     assert store.compact_intervals(until=1440.0, width_s=60.0) == 2 * 5
+
+
+def test_pending_read_backs_are_replaced_whole_and_survive_a_reopen(tmp_path: Path) -> None:
+    """Each batch's pending list replaces the last one; None leaves it; reopening keeps it."""
+    store = RunStore.create(tmp_path, _info())
+    store.write(Batch(integrity_pending=[("s1", "m1", 1003.0), ("s2", "m2", 1002.0)]))
+    assert store.integrity_pending() == [("s2", "m2", 1002.0), ("s1", "m1", 1003.0)]
+    store.write(Batch(counters={"integrity_checked": 1}))  # no list: unchanged
+    assert len(store.integrity_pending()) == 2
+    store.write(Batch(integrity_pending=[("s3", "m3", 1009.0)]))
+    store.close()
+    reopened = RunStore.open(tmp_path, readonly=True)
+    assert reopened.integrity_pending() == [("s3", "m3", 1009.0)]
+    reopened.close()
+
+
+def test_a_store_from_before_the_pending_table_gets_it_on_resume(tmp_path: Path) -> None:
+    """A run store written by an older soakd (no integrity_pending table) still resumes."""
+    store = RunStore.create(tmp_path, _info())
+    store.write(Batch(counters={"next_k_store": 7}))
+    store._conn.execute("DROP TABLE integrity_pending")
+    store.close()
+    old = RunStore.open(tmp_path, readonly=True)
+    assert old.integrity_pending() == []  # read-only: nothing to add, nothing to read
+    old.close()
+    resumed = RunStore.open(tmp_path)
+    assert resumed.integrity_pending() == []
+    resumed.write(Batch(integrity_pending=[("s1", "m1", 1.0)]))
+    assert resumed.integrity_pending() == [("s1", "m1", 1.0)]
+    assert resumed.counters() == {"next_k_store": 7}
+    resumed.close()

@@ -46,7 +46,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -p no:randomly $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:randomly --durations=15 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@echo "see docs/performance.md for each script and its arguments"

@@ -55,7 +55,7 @@ def test_power_loss_read_backs_pending_at_the_kill_find_the_lost_writes(
     spec.write_text(
         soak_spec(
             free_port(),
-            duration="30s",
+            duration="20s",
             store=40,
             recall=10,
             spread=5,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
+from collections.abc import Callable
 
 
 class SystemClock:
@@ -30,19 +31,54 @@ class SystemClock:
             # resolution, so a sub-ms sleep would spin until the deadline.
             await asyncio.sleep(-(-remaining // 1_000_000) / 1000)
 
+    def call_at(self, deadline_ns: int, callback: Callable[[], object]) -> asyncio.TimerHandle:
+        """Run ``callback`` on the running loop at ``deadline_ns``, in whole milliseconds.
+
+        Rounded up like ``sleep_until``, yet a loop timer may still fire a tick
+        early: the callback must re-check the time. A plain timer callback is
+        what the Timeline wakes on: a sleeping coroutine costs a future and a
+        task step per wake-up on top (docs/perf-compare.md).
+        """
+        remaining = deadline_ns - time.monotonic_ns()
+        delay_s = max(0, -(-remaining // 1_000_000)) / 1000
+        return asyncio.get_running_loop().call_later(delay_s, callback)
+
+
+class _FakeTimer:
+    """A ``FakeClock.call_at`` timer: runs its callback on the loop once time passes it."""
+
+    __slots__ = ("_callback", "_cancelled", "_fired")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self._callback = callback
+        self._cancelled = False
+        self._fired = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def done(self) -> bool:
+        return self._cancelled or self._fired
+
+    def fire(self) -> None:
+        if not self.done():
+            self._fired = True
+            asyncio.get_running_loop().call_soon(self._callback)
+
 
 class FakeClock:
     """Time that only moves when a test says so.
 
-    ``sleep_until`` parks the caller until ``advance`` moves time past its
-    deadline, so scheduler tests can simulate days in milliseconds.
+    ``sleep_until`` parks the caller (and ``call_at`` its callback) until
+    ``advance`` moves time past its deadline, so scheduler tests can simulate
+    days in milliseconds.
     """
 
     def __init__(self, start_ns: int = 0, wall_start: float = 1_700_000_000.0) -> None:
         self._now_ns = start_ns
         self._wall0 = wall_start
         self._start_ns = start_ns
-        self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._sleepers: list[tuple[int, int, asyncio.Future[None] | _FakeTimer]] = []
         self._seq = 0
 
     def monotonic_ns(self) -> int:
@@ -60,6 +96,15 @@ class FakeClock:
         heapq.heappush(self._sleepers, (deadline_ns, self._seq, fut))
         await fut
 
+    def call_at(self, deadline_ns: int, callback: Callable[[], object]) -> _FakeTimer:
+        timer = _FakeTimer(callback)
+        if deadline_ns <= self._now_ns:
+            timer.fire()
+        else:
+            self._seq += 1
+            heapq.heappush(self._sleepers, (deadline_ns, self._seq, timer))
+        return timer
+
     @property
     def sleepers(self) -> int:
         return sum(1 for _, _, f in self._sleepers if not f.done())
@@ -71,6 +116,8 @@ class FakeClock:
     def set(self, now_ns: int) -> None:
         self._now_ns = max(self._now_ns, now_ns)
         while self._sleepers and self._sleepers[0][0] <= self._now_ns:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
+            _, _, waiter = heapq.heappop(self._sleepers)
+            if isinstance(waiter, _FakeTimer):
+                waiter.fire()
+            elif not waiter.done():
+                waiter.set_result(None)

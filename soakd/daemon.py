@@ -50,7 +50,7 @@ from soakd.report import (
 from soakd.rules import AlertEngine, gather_inputs
 from soakd.runstate import NEXT_K, OpenedRun, open_run
 from soakd.sampler import Sampler
-from soakd.scheduler import Scheduler, Timeline
+from soakd.scheduler import FireFn, Scheduler, Timeline
 from soakd.spec.model import OperationSpec, RecallOptions, Spec, SpreadOptions
 from soakd.stats import OpSummary, StatsHub
 from soakd.statusview import status_line
@@ -352,7 +352,7 @@ class Daemon:
 
     def _scheduler(self, o: OperationSpec) -> Scheduler:
         op = Op(o.operation)
-        fire: Callable[[int, int], Coroutine[Any, Any, None]] = {
+        fire: FireFn = {
             Op.STORE: self._fire_store,
             Op.RECALL: self._fire_recall,
             Op.SPREAD: self._fire_spread,
@@ -382,27 +382,32 @@ class Daemon:
         self.stats.on_result(r)
         self._exporter.on_result(r)
 
-    async def _fire_store(self, k: int, intended_ns: int) -> None:
-        req = self.workload.store(k)
-        r = await self.client.store(req, intended_ns)
+    # Each fire starts its request and returns at once; the result is recorded
+    # from the connection's callback (soakd.http1: no task per request).
+
+    def _fire_store(self, k: int, intended_ns: int) -> asyncio.Future[None]:
+        return self.client.begin_store(self.workload.store(k), intended_ns, self._on_stored)
+
+    def _on_stored(self, r: OpResult) -> None:
         self._record(r)
         if r.memory_id is not None:
-            self._stored[req.space] = self._stored.get(req.space, 0) + 1
-            self.workload.confirm_stored(req.space, r.memory_id)
+            space = r.space
+            self._stored[space] = self._stored.get(space, 0) + 1
+            self.workload.confirm_stored(space, r.memory_id)
             self.integrity.on_result(r)
             if self._watcher is not None:
-                self._watcher.note_store(req.space)
+                self._watcher.note_store(space)
 
-    async def _fire_recall(self, k: int, intended_ns: int) -> None:
-        self._record(await self.client.recall(self.workload.recall(k), intended_ns))
+    def _fire_recall(self, k: int, intended_ns: int) -> asyncio.Future[None]:
+        return self.client.begin_recall(self.workload.recall(k), intended_ns, self._record)
 
-    async def _fire_spread(self, k: int, intended_ns: int) -> None:
+    def _fire_spread(self, k: int, intended_ns: int) -> asyncio.Future[None] | None:
         req = self.workload.spread(k)
         if req is None:  # no stored ID anywhere yet: an arrival that could not be sent
             self.stats.on_dropped(Op.SPREAD, intended_ns)
             self._exporter.on_dropped(Op.SPREAD)
-            return
-        self._record(await self.client.spread(req, intended_ns))
+            return None
+        return self.client.begin_spread(req, intended_ns, self._record)
 
     async def _seed_spaces(self) -> None:
         """One unmeasured store per space, so every space has a SPREAD start point."""

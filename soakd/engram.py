@@ -26,15 +26,17 @@ thousands of requests per second soakd must not become the bottleneck.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import structlog
 
-from soakd.http1 import Exchange, HttpPool
+from soakd.http1 import Exchange, HttpPool, ThenHook
 from soakd.model import Clock, Op, OpResult, Outcome
 from soakd.workload import RecallRequest, SpreadRequest, StoreRequest
 
@@ -46,6 +48,9 @@ log = structlog.get_logger(__name__)
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _JSON = "Content-Type: application/json\r\n"
+
+#: ``then(result)``: told once how a measured request ended (never if it was cancelled).
+ResultHook = Callable[[OpResult], None]
 
 
 def engram_error_code(body: bytes | None) -> str | None:
@@ -70,6 +75,18 @@ def parse_object(body: bytes | None) -> dict[str, Any] | None:
     except ValueError:  # includes UnicodeDecodeError
         return None
     return doc if isinstance(doc, dict) else None
+
+
+_Req = TypeVar("_Req")
+
+
+async def _awaited(
+    begin: Callable[[_Req, int, ResultHook], asyncio.Future[None]], req: _Req, intended_ns: int
+) -> OpResult:
+    """A ``begin_*`` call awaited: its result."""
+    got: list[OpResult] = []
+    await begin(req, intended_ns, got.append)
+    return got[0]
 
 
 def _space_header(space: str | None) -> str:
@@ -132,6 +149,36 @@ class EngramClient:
 
     # -- the one place requests are made --------------------------------------
 
+    def begin(
+        self,
+        method: str,
+        target: str,
+        *,
+        then: ThenHook,
+        space: str | None = None,
+        body: bytes | None = None,
+        timeout_s: float | None = None,
+    ) -> asyncio.Future[None]:
+        """Send one request (``target``: encoded path and query); ``then`` gets the answer.
+
+        Returns at once; see :meth:`soakd.http1.HttpPool.start`. Every failure
+        reaches ``then`` as an outcome.
+        """
+        try:
+            headers = _space_header(space)
+        except ValueError as exc:
+            return self._pool.fail(exc, then)
+        if body is not None:
+            headers += _JSON
+        return self._pool.start(
+            method,
+            target,
+            then=then,
+            headers=headers,
+            body=body,
+            timeout_s=self._timeout_s if timeout_s is None else timeout_s,
+        )
+
     async def exchange(
         self,
         method: str,
@@ -141,25 +188,12 @@ class EngramClient:
         body: bytes | None = None,
         timeout_s: float | None = None,
     ) -> Exchange:
-        """Send one request (``target``: encoded path and query) and read its whole body.
-
-        Never raises (bar cancellation).
-        """
-        try:
-            headers = _space_header(space)
-        except ValueError as exc:
-            self._log_once(exc, False)
-            now = self._clock.monotonic_ns()
-            return Exchange(now, now, failure=Outcome.CONNECTION)
-        if body is not None:
-            headers += _JSON
-        return await self._pool.request(
-            method,
-            target,
-            headers=headers,
-            body=body,
-            timeout_s=self._timeout_s if timeout_s is None else timeout_s,
+        """:meth:`begin` awaited: the whole answer. Never raises (bar cancellation)."""
+        got: list[Exchange] = []
+        await self.begin(
+            method, target, then=got.append, space=space, body=body, timeout_s=timeout_s
         )
+        return got[0]
 
     def _log_once(self, exc: BaseException, expected: bool) -> None:
         name = type(exc).__qualname__
@@ -202,36 +236,65 @@ class EngramClient:
         return ex.failure is None and ex.status is not None and 200 <= ex.status < 300
 
     # -- measured operations ---------------------------------------------------
+    #
+    # Each starts its request and hands the classified result to ``then`` from
+    # the connection's callback (no task per request: see soakd.http1); the
+    # awaitable forms are for the few callers that want to wait.
+
+    def begin_store(
+        self, req: StoreRequest, intended_ns: int, then: ResultHook
+    ) -> asyncio.Future[None]:
+        """``POST /api/v1/memories/remember``; OK only when Engram echoes our ID."""
+
+        def answered(ex: Exchange) -> None:
+            ok = False
+            if self._is_2xx(ex):
+                doc = parse_object(ex.body)
+                ok = doc is not None and doc.get("memory_id") == req.memory_id
+            space, mid = req.space, req.memory_id
+            then(self._classify(Op.STORE, space, intended_ns, ex, ok, memory_id=mid))
+
+        return self.begin(
+            "POST", "/api/v1/memories/remember", then=answered, space=req.space, body=req.body
+        )
+
+    def begin_recall(
+        self, req: RecallRequest, intended_ns: int, then: ResultHook
+    ) -> asyncio.Future[None]:
+        """``GET /api/v1/memories/recall`` with a pre-encoded query string."""
+
+        def answered(ex: Exchange) -> None:
+            ok = False
+            if self._is_2xx(ex):
+                doc = parse_object(ex.body)
+                ok = doc is not None and isinstance(doc.get("memories"), dict)
+            then(self._classify(Op.RECALL, req.space, intended_ns, ex, ok))
+
+        target = f"/api/v1/memories/recall?{req.query_string}"
+        return self.begin("GET", target, then=answered, space=req.space)
+
+    def begin_spread(
+        self, req: SpreadRequest, intended_ns: int, then: ResultHook
+    ) -> asyncio.Future[None]:
+        """``POST /api/v1/query`` with a SPREAD query (body and header name the same space)."""
+
+        def answered(ex: Exchange) -> None:
+            ok = False
+            if self._is_2xx(ex):
+                doc = parse_object(ex.body)
+                ok = doc is not None and isinstance(doc.get("episodes"), list)
+            then(self._classify(Op.SPREAD, req.space, intended_ns, ex, ok))
+
+        return self.begin("POST", "/api/v1/query", then=answered, space=req.space, body=req.body)
 
     async def store(self, req: StoreRequest, intended_ns: int) -> OpResult:
-        """``POST /api/v1/memories/remember``; OK only when Engram echoes our ID."""
-        ex = await self.exchange(
-            "POST", "/api/v1/memories/remember", space=req.space, body=req.body
-        )
-        ok = False
-        if self._is_2xx(ex):
-            doc = parse_object(ex.body)
-            ok = doc is not None and doc.get("memory_id") == req.memory_id
-        return self._classify(Op.STORE, req.space, intended_ns, ex, ok, memory_id=req.memory_id)
+        return await _awaited(self.begin_store, req, intended_ns)
 
     async def recall(self, req: RecallRequest, intended_ns: int) -> OpResult:
-        """``GET /api/v1/memories/recall`` with a pre-encoded query string."""
-        target = f"/api/v1/memories/recall?{req.query_string}"
-        ex = await self.exchange("GET", target, space=req.space)
-        ok = False
-        if self._is_2xx(ex):
-            doc = parse_object(ex.body)
-            ok = doc is not None and isinstance(doc.get("memories"), dict)
-        return self._classify(Op.RECALL, req.space, intended_ns, ex, ok)
+        return await _awaited(self.begin_recall, req, intended_ns)
 
     async def spread(self, req: SpreadRequest, intended_ns: int) -> OpResult:
-        """``POST /api/v1/query`` with a SPREAD query (body and header name the same space)."""
-        ex = await self.exchange("POST", "/api/v1/query", space=req.space, body=req.body)
-        ok = False
-        if self._is_2xx(ex):
-            doc = parse_object(ex.body)
-            ok = doc is not None and isinstance(doc.get("episodes"), list)
-        return self._classify(Op.SPREAD, req.space, intended_ns, ex, ok)
+        return await _awaited(self.begin_spread, req, intended_ns)
 
     async def read_back(
         self, space: str, memory_id: str, intended_ns: int

@@ -9,7 +9,7 @@ which: ``*_ns`` are monotonic nanoseconds (for durations and schedules),
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -160,6 +160,12 @@ class Alert:
     annotations: Mapping[str, str] = field(default_factory=dict)
 
 
+class Cancellable(Protocol):
+    """A timer that can be called off (``asyncio.TimerHandle`` is one)."""
+
+    def cancel(self) -> None: ...
+
+
 class Clock(Protocol):
     """The only source of time (see soakd.clock)."""
 
@@ -168,6 +174,8 @@ class Clock(Protocol):
     def wall(self) -> float: ...
 
     async def sleep_until(self, deadline_ns: int) -> None: ...
+
+    def call_at(self, deadline_ns: int, callback: Callable[[], object]) -> Cancellable: ...
 
 
 class ResultSink(Protocol):

@@ -8,8 +8,9 @@ timers may fire early, and when it wakes late it issues every arrival that has
 come due at once, each with its own intended time: the schedule is never skipped
 or shifted.
 
-Open model: the scheduler never waits for the target. Each arrival becomes its
-own task; when ``max_in_flight`` requests are already outstanding, the arrival is
+Open model: the scheduler never waits for the target. Each arrival is its own
+request in flight (a future, or a task for a coroutine fire); when
+``max_in_flight`` requests are already outstanding, the arrival is
 *dropped* (counted, reported through ``on_dropped``) rather than queued, so a
 slow target cannot slow the offered load. Arrivals issued more than
 ``late_threshold_ns`` after their intended time are counted as *late* (the load
@@ -17,7 +18,7 @@ generator itself was behind, e.g. a busy event loop).
 
 Timer precision: event-loop timers tick in milliseconds, so with the real clock
 the loop sleeps whole milliseconds rounded up rather than spinning through the
-last fraction (see ``_sleep_until``); arrivals therefore leave up to ~1-2 ms
+last fraction (see ``SystemClock.call_at``); arrivals therefore leave up to ~1-2 ms
 after their instant. That lag is measured (sent - intended), never hidden, and
 it never shifts the schedule. See docs/perf-scheduler.md for measured figures.
 
@@ -36,11 +37,13 @@ from fractions import Fraction
 
 import structlog
 
-from soakd.model import Clock
+from soakd.model import Cancellable, Clock
 
-#: ``fire(k, intended_ns)`` performs one request. It should not raise; the
-#: scheduler guards against it anyway.
-FireFn = Callable[[int, int], Awaitable[None]]
+#: ``fire(k, intended_ns)`` starts one request and returns what completes with
+#: it: a future (the daemon's callback path, no task needed), a coroutine (run
+#: as a task), or ``None`` when it sent nothing and holds nothing in flight. It
+#: should not raise; the scheduler guards against it anyway.
+FireFn = Callable[[int, int], Awaitable[None] | None]
 
 NS_PER_S = 1_000_000_000
 #: Arrivals issued back to back (after a late wake-up) before the loop lets other
@@ -142,13 +145,18 @@ class Scheduler:
                     self._note_error(exc)
         try:
             awaitable = self._fire(k, intended)
-            # create_task is the cheap path for the usual coroutine; anything else
-            # awaitable goes through ensure_future.
-            task: asyncio.Future[None] = (
-                loop.create_task(awaitable)
-                if type(awaitable) is types.CoroutineType
-                else asyncio.ensure_future(awaitable)
-            )
+            if awaitable is None:  # nothing sent, nothing in flight
+                self.issued += 1
+                return
+            # A future is held as it is; a coroutine becomes a task; anything
+            # else awaitable goes through ensure_future.
+            task: asyncio.Future[None]
+            if isinstance(awaitable, asyncio.Future):
+                task = awaitable
+            elif type(awaitable) is types.CoroutineType:
+                task = loop.create_task(awaitable)
+            else:
+                task = asyncio.ensure_future(awaitable)
         except Exception as exc:
             self.issued += 1
             self._note_error(exc)
@@ -204,107 +212,116 @@ class Timeline:
     """One wake-up loop for the arrivals of several schedulers.
 
     Each scheduler keeps its own exact schedule; the timeline merges them and
-    sleeps once until the earliest arrival due, then issues every arrival of
-    every scheduler that has come due. Arrivals of different operations that
-    fall on the same instant (at the plan's 100/50/20 per second every recall
-    and spread instant is also a store instant) therefore always share one
-    wake-up. Three separate loops shared most of them by accident (their
-    millisecond timers often fired together) and woke 106-132 times a second
-    for the plan's 100 instants; the timeline wakes 101 times. The CPU saved
-    was within the noise: a second wake-up a millisecond after the first is
-    cheap (bench/wakeup_floor.py, docs/perf-compare.md).
+    wakes once at the earliest arrival due, then issues every arrival of every
+    scheduler that has come due. Arrivals of different operations that fall on
+    the same instant (at the plan's 100/50/20 per second every recall and
+    spread instant is also a store instant) therefore always share one
+    wake-up: 101 a second for the plan's 100 instants, where three separate
+    loops woke 106-132 times.
+
+    It wakes on a plain loop timer (``Clock.call_at``), not as a sleeping
+    coroutine: at the plan's rates soakd is idle between instants and each
+    wake-up runs with cold caches, and resuming a task through
+    ``asyncio.sleep`` cost a future, a timer and a task step on top of the
+    timer itself (bench/wakeup_floor.py, docs/perf-compare.md). ``run`` awaits
+    one future that the last wake-up, ``stop()`` or a failure settles.
     """
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._schedulers: list[Scheduler] = []
-        self._task: asyncio.Task[None] | None = None
-        self._sleeping = False
-        self._woken_by_stop = False
+        self._done: asyncio.Future[None] | None = None
+        self._timer: Cancellable | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._until_ns: int | None = None
+        # (intended_ns, position, k): position breaks ties in the order given.
+        self._heap: list[tuple[int, int, int]] = []
+        self._origins: list[tuple[int, int, int, int]] = []  # start_ns, first_k, step, num
 
     async def run(
         self, entries: Sequence[tuple[Scheduler, int, int]], until_ns: int | None = None
     ) -> None:
         """Run ``(scheduler, start_ns, first_k)`` schedules until ``until_ns`` or all stop."""
-        if self._task is not None:
+        if self._done is not None:
             raise RuntimeError("the timeline is already running")
         for sched, _, _ in entries:
             if sched._timeline is not None:
                 raise RuntimeError(f"scheduler {sched.name!r} is already running")
-        self._task = asyncio.current_task()
+        loop = self._loop = asyncio.get_running_loop()
+        done = self._done = loop.create_future()
         self._schedulers = [sched for sched, _, _ in entries]
-        loop = asyncio.get_running_loop()
-        clock = self._clock
-        # (intended_ns, position, k): position breaks ties in the order given.
-        heap: list[tuple[int, int, int]] = []
-        origins: list[tuple[int, int, int, int]] = []  # start_ns, first_k, step, num
-        now = clock.monotonic_ns()
+        self._until_ns = until_ns
+        self._heap, self._origins = [], []
+        now = self._clock.monotonic_ns()
         for pos, (sched, start_ns, first_k) in enumerate(entries):
             sched._timeline = self
             sched.next_k = first_k
             sched.last_advance_ns = now
             step, num = NS_PER_S * sched.rate.denominator, sched.rate.numerator
-            origins.append((start_ns, first_k, step, num))
-            heapq.heappush(heap, (start_ns, pos, first_k))
-        scheds = self._schedulers
-        burst = 0
+            self._origins.append((start_ns, first_k, step, num))
+            heapq.heappush(self._heap, (start_ns, pos, first_k))
+        self._timer = loop.call_soon(self._tick)
         try:
-            while heap:
-                intended, pos, k = heap[0]
-                sched = scheds[pos]
-                if sched._stopped or (until_ns is not None and intended >= until_ns):
-                    heapq.heappop(heap)  # this schedule is over
-                    continue
-                now = clock.monotonic_ns()
-                if intended > now:
-                    burst = 0
-                    # Wake at least once a second even at very low rates, so
-                    # last_advance_ns (the watchdog's evidence) keeps moving.
-                    await self._sleep_until(min(intended, now + _HEARTBEAT_NS))
-                    woke = clock.monotonic_ns()
-                    for s in scheds:
-                        s.last_advance_ns = woke
-                    continue  # re-check: timers may fire early, stop() may have woken us
-                sched._issue(loop, k, intended, now)
-                k += 1
-                sched.next_k = k
-                sched.last_advance_ns = now
-                start_ns, first_k, step, num = origins[pos]
-                heapq.heapreplace(heap, (start_ns + (k - first_k) * step // num, pos, k))
-                burst += 1
-                if burst >= _BURST:
-                    burst = 0
-                    await asyncio.sleep(0)
+            await done  # cancelled from outside (a TaskGroup ending) propagates
         finally:
-            self._task = None
-            for s in scheds:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._done = None
+            for s in self._schedulers:
                 s._timeline = None
 
     def stopped_one(self) -> None:
-        """A scheduler stopped: once all have, end ``run()`` at once (even mid-sleep)."""
+        """A scheduler stopped: once all have, end ``run()`` at once (even between wake-ups)."""
         if not all(s._stopped for s in self._schedulers):
             return
-        task = self._task
-        if self._sleeping and task is not None and not self._woken_by_stop:
-            # Cancelling the sleep (not racing it against an Event) keeps the
-            # per-arrival path free of extra futures.
-            self._woken_by_stop = True
-            task.cancel()
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
-    async def _sleep_until(self, deadline_ns: int) -> None:
-        self._sleeping = True
+    def _tick(self) -> None:
+        """A wake-up: issue what is due, then arm the next one (or end the run)."""
+        done = self._done
+        if done is None or done.done():
+            return
         try:
-            # SystemClock sleeps whole milliseconds, rounded up (a sub-ms sleep on
-            # the loop's 1 ms timers would busy-spin: 100 % CPU at 5000/s,
-            # measured), so arrivals leave 0-2 ms late, counted as lag.
-            await self._clock.sleep_until(deadline_ns)
-        except asyncio.CancelledError:
-            if not self._woken_by_stop:
-                raise
-            self._woken_by_stop = False
-            task = asyncio.current_task()
-            # Swallow only our own cancel; one from outside (TaskGroup) still propagates.
-            if task is not None and task.uncancel() > 0:
-                raise
-        finally:
-            self._sleeping = False
+            self._timer = self._issue_due()
+        except Exception as exc:  # a bug here must end run() loudly, not hang it
+            self._timer = None
+            if not done.done():
+                done.set_exception(exc)
+            return
+        # A fire may have stopped every scheduler (stop() settles ``done``) meanwhile.
+        if self._timer is None and not done.done():
+            done.set_result(None)
+
+    def _issue_due(self) -> Cancellable | None:
+        """Issue every arrival that has come due; the timer for the next, or None at the end."""
+        clock, heap, scheds, origins = self._clock, self._heap, self._schedulers, self._origins
+        loop, until_ns = self._loop, self._until_ns
+        assert loop is not None
+        now = clock.monotonic_ns()
+        for s in scheds:
+            s.last_advance_ns = now
+        burst = 0
+        while heap:
+            intended, pos, k = heap[0]
+            sched = scheds[pos]
+            if sched._stopped or (until_ns is not None and intended >= until_ns):
+                heapq.heappop(heap)  # this schedule is over
+                continue
+            now = clock.monotonic_ns()
+            if intended > now:
+                # Timers may fire early: the next wake-up re-checks. Wake at least
+                # once a second even at very low rates, so last_advance_ns (the
+                # watchdog's evidence) keeps moving.
+                return clock.call_at(min(intended, now + _HEARTBEAT_NS), self._tick)
+            sched._issue(loop, k, intended, now)
+            k += 1
+            sched.next_k = k
+            sched.last_advance_ns = now
+            start_ns, first_k, step, num = origins[pos]
+            heapq.heapreplace(heap, (start_ns + (k - first_k) * step // num, pos, k))
+            burst += 1
+            if burst >= _BURST:  # let the requests just started run, then go on
+                return loop.call_soon(self._tick)
+        return None

@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from soakd.clock import FakeClock, SystemClock
+from soakd.model import Cancellable
 from soakd.scheduler import NS_PER_S, Scheduler, Timeline, arrival_offset_ns, exact_rate
 from soakd.testing import async_wait_for
 
@@ -63,6 +64,7 @@ def due_by(now_ns: int, rate: Fraction, start_ns: int = 0) -> int:
 async def advance_to(clock: FakeClock, sched: Scheduler, now_ns: int, expected_next_k: int) -> None:
     """Move the fake clock and wait until the scheduler has issued what is due."""
     clock.set(now_ns)
+    await asyncio.sleep(0)  # the loop runs at least once: wake-ups are loop callbacks
     await async_wait_for(
         lambda: sched.next_k >= expected_next_k,
         timeout_s=10,
@@ -395,7 +397,7 @@ async def test_real_clock_and_server_issue_exact_count() -> None:
 
 
 class CountingClock(FakeClock):
-    """A fake clock that records every deadline a sleeper asked for."""
+    """A fake clock that records every wake-up deadline asked of it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -404,6 +406,10 @@ class CountingClock(FakeClock):
     async def sleep_until(self, deadline_ns: int) -> None:
         self.deadlines.append(deadline_ns)
         await super().sleep_until(deadline_ns)
+
+    def call_at(self, deadline_ns: int, callback: Callable[[], object]) -> Cancellable:
+        self.deadlines.append(deadline_ns)
+        return super().call_at(deadline_ns, callback)
 
 
 async def test_timeline_shares_wake_ups_and_keeps_each_schedule() -> None:
@@ -466,3 +472,29 @@ async def test_a_scheduler_runs_on_one_timeline_at_a_time() -> None:
         await Timeline(clock).run([(sched, 0, 0)])
     sched.stop()
     await asyncio.wait_for(run, timeout=5)
+
+
+async def test_a_fire_that_stops_its_scheduler_ends_the_run_cleanly() -> None:
+    """stop() from inside fire (a burst still being issued) ends run() without an error."""
+    clock = FakeClock()
+    fired: list[int] = []
+    sched: Scheduler | None = None
+
+    async def fire(k: int, intended_ns: int) -> None:
+        fired.append(k)
+
+    def stopping_fire(k: int, intended_ns: int) -> Awaitable[None]:
+        if k == 2:
+            assert sched is not None
+            sched.stop()
+        return fire(k, intended_ns)
+
+    loop_errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
+    sched = make(100, clock=clock, fire=stopping_fire)
+    clock.set(SEC)  # a whole second of arrivals is due at the first wake-up
+    await asyncio.wait_for(sched.run(0), timeout=5)
+    await settle(sched)
+    await asyncio.sleep(0)  # a callback failing after run() returned would report now
+    assert fired == [0, 1, 2]
+    assert loop_errors == []

@@ -218,8 +218,8 @@ def mib(n: float) -> str:
 # Every comparison runs each tool in its own process, so CPU seconds and RSS are the
 # tool's alone (Locust monkey-patches the whole interpreter with gevent; it must never
 # share a process with soakd). ``python bench/common.py soakd-fixed ...`` runs soakd's
-# real hot path — Scheduler -> EngramClient.exchange -> StatsHub.on_result +
-# Exporter.on_result — under uvloop and prints one JSON line of figures.
+# real hot path — Scheduler -> EngramClient.begin -> (answer callback) StatsHub.on_result
+# + Exporter.on_result — under uvloop and prints one JSON line of figures.
 
 
 @dataclass(frozen=True)
@@ -275,6 +275,7 @@ def _soakd_fixed(argv: list[str]) -> int:
     import argparse
     import asyncio
     import dataclasses
+    import functools
     import json
     import resource
 
@@ -283,7 +284,7 @@ def _soakd_fixed(argv: list[str]) -> int:
 
     sys.path.insert(0, str(REPO))
     from soakd.clock import SystemClock
-    from soakd.engram import EngramClient
+    from soakd.engram import EngramClient, Exchange
     from soakd.exporter import Exporter
     from soakd.model import Op, OpResult, Outcome
     from soakd.scheduler import NS_PER_S, Scheduler
@@ -316,8 +317,7 @@ def _soakd_fixed(argv: list[str]) -> int:
         rec: list[tuple[int, int, int]] = []
         state = {"start": 0, "measure": False}
 
-        async def fire(k: int, intended_ns: int) -> None:
-            ex = await client.exchange("GET", path_qs)
+        def answered(intended_ns: int, ex: Exchange) -> None:
             ok = ex.failure is None and ex.status == 200
             r = OpResult(
                 Op.RECALL, "bench", intended_ns, ex.sent_ns, ex.done_ns,
@@ -331,6 +331,11 @@ def _soakd_fixed(argv: list[str]) -> int:
                     windows[w] += 1
                 if a.record:
                     rec.append((intended_ns, ex.done_ns, int(ok)))
+
+        def fire(k: int, intended_ns: int) -> asyncio.Future[None]:
+            # The daemon's path: no task per request; the answer is recorded from
+            # the connection's callback.
+            return client.begin("GET", path_qs, then=functools.partial(answered, intended_ns))
 
         def make(name: str) -> Scheduler:
             return Scheduler(

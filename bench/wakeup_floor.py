@@ -19,8 +19,10 @@ made, each variant in a fresh child process, one after the other:
 - ``sched-timeline``: the same three on one ``Timeline`` (what the daemon runs);
 - ``timeline-http``: the timeline with soakd's HTTP client sending every arrival
   as a GET to a minimal keep-alive server in another process (bench/fixed_rate_server.py)
-  and recording it in a ``StatsHub`` and the ``Exporter``: the daemon's hot path
-  without its periodic work.
+  and recording it in a ``StatsHub`` and the ``Exporter`` from the answer's callback,
+  as the daemon does: its hot path without its periodic work;
+- ``timeline-http-task``: the same with a task per request awaiting
+  ``EngramClient.exchange`` (the daemon's path before the fourth session).
 
 Each prints the child's CPU share of one core (user + system, from getrusage),
 the CPU per wake-up and per arrival, and voluntary context switches per second.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import json
 import resource
@@ -60,6 +63,7 @@ VARIANTS = (
     "sched-separate",
     "sched-timeline",
     "timeline-http",
+    "timeline-http-task",
 )
 
 _C_SOURCE = r"""
@@ -118,9 +122,11 @@ async def _uvloop_sleep(duration_s: float) -> dict[str, Any]:
     return {"cpu_s": cpu1 - cpu0, "nvcsw": cs1 - cs0, "wakeups": n, "arrivals": n}
 
 
-async def _schedulers(duration_s: float, *, timeline: bool, port: int | None) -> dict[str, Any]:
+async def _schedulers(
+    duration_s: float, *, timeline: bool, port: int | None, tasks: bool = False
+) -> dict[str, Any]:
     from soakd.clock import SystemClock
-    from soakd.engram import EngramClient
+    from soakd.engram import EngramClient, Exchange
     from soakd.exporter import Exporter
     from soakd.model import Op, OpResult, Outcome
     from soakd.scheduler import NS_PER_S, Scheduler, Timeline
@@ -144,14 +150,19 @@ async def _schedulers(duration_s: float, *, timeline: bool, port: int | None) ->
 
             return nothing
 
-        async def fire(k: int, intended_ns: int) -> None:
-            ex = await client.exchange("GET", "/")
+        def record(intended_ns: int, ex: Exchange) -> None:
             outcome = ex.failure or (Outcome.OK if ex.status == 200 else Outcome.HTTP_ERROR)
             r = OpResult(op, "bench", intended_ns, ex.sent_ns, ex.done_ns, outcome, ex.status)
             hub.on_result(r)
             exporter.on_result(r)
 
-        return fire
+        async def task_fire(k: int, intended_ns: int) -> None:
+            record(intended_ns, await client.exchange("GET", "/"))
+
+        def callback_fire(k: int, intended_ns: int) -> asyncio.Future[None]:
+            return client.begin("GET", "/", then=functools.partial(record, intended_ns))
+
+        return task_fire if tasks else callback_fire
 
     scheds = [
         Scheduler(
@@ -201,9 +212,13 @@ def _child(variant: str, duration_s: float, port: int | None) -> dict[str, Any]:
     if variant == "uvloop-sleep":
         return uvloop.run(_uvloop_sleep(duration_s))
     timeline = variant != "sched-separate"
+    http = variant.startswith("timeline-http")
     return uvloop.run(
         _schedulers(
-            duration_s, timeline=timeline, port=port if variant == "timeline-http" else None
+            duration_s,
+            timeline=timeline,
+            port=port if http else None,
+            tasks=variant == "timeline-http-task",
         )
     )
 

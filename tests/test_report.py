@@ -390,6 +390,35 @@ def test_a_baseline_too_small_to_bound_its_p99_is_not_called_drift(tmp_path: Pat
     assert "too few baseline requests" in str(unbounded["detail"])
 
 
+@pytest.mark.parametrize(
+    ("thirds", "drift"),
+    [
+        ((5.0, 5.1, 12.0), False),  # one burst at the end of a short run (seen in CI here)
+        ((6.4, 6.3, 6.6), True),  # the same pooled rise held through the stretch
+        ((), True),  # thirds too small to judge: the pooled bounds decide, as before
+    ],
+)
+def test_p99_drift_must_show_in_every_third_of_the_last_stretch(
+    tmp_path: Path, thirds: tuple[float, ...], drift: bool
+) -> None:
+    """A rise that clears the bounds is drift only if each third of the last stretch shows it."""
+    store, spec = make_run(tmp_path / "state", SHORT)
+    model = build_model(store, spec, now=SHORT.started_at + 1800.0)
+    ops = tuple(
+        replace(
+            o, baseline_p99_ms=5.0, baseline_p99_hi_ms=5.1, last_p99_ms=6.5,
+            last_p99_lo_ms=6.2, baseline_p99_bounded=True, last_thirds_p99_ms=thirds,
+        )
+        if o.op == "recall"
+        else o
+        for o in model.ops
+    )  # fmt: skip
+    crit = {c.key: c for c in evaluate(replace(model, ops=ops), spec)}["p99_drift"]
+    assert crit.passed is not drift
+    assert ("recall" in crit.detail and "DRIFT" in crit.detail) is drift
+    assert ("a burst, not drift" in crit.detail) is (not drift)
+
+
 def test_thinned_store_counts_gaps_without_listing_them_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -78,6 +78,7 @@ def _op(o: OpReport) -> JSON:
         "service_ms": _lat(o.service),
         "p99_baseline_ms": o.baseline_p99_ms,
         "p99_last_ms": o.last_p99_ms,
+        "p99_last_thirds_ms": list(o.last_thirds_p99_ms),
         "p99_drift_pct": o.drift_pct,
         "baseline": _stretch(o.baseline),
         "last": _stretch(o.last),

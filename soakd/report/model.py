@@ -90,6 +90,11 @@ class OpReport:
     # False when the baseline has too few requests to bound its P99 from above
     # (P99 needs ~380): a rise then cannot be told from noise at 95 %.
     baseline_p99_bounded: bool = True
+    # P99 of each third of the last stretch, oldest first; empty when a third holds
+    # too few requests for a P99. Drift must show in every third (as the alert rule
+    # requires): a burst of load on a shared machine lifts one third's tail, and
+    # the bounds above assume independent requests, which a burst's are not.
+    last_thirds_p99_ms: tuple[float, ...] = ()
     latency_series: tuple[LatencyPoint, ...] = ()
     ok_rate_series: tuple[Point, ...] = ()
     error_rate_series: tuple[Point, ...] = ()

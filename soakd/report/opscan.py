@@ -20,9 +20,13 @@ from soakd.report.fastread import IntervalRow, interval_row, interval_rows
 from soakd.report.hist import Merger
 from soakd.report.lttb import downsample
 from soakd.report.model import LatencyPoint, OpReport, Stretch
+from soakd.rules.evaluate import PERF_MIN_COUNT
 from soakd.stats import quantile_bounded_above, quantile_bounds
 
 CHUNK_S = 6 * 3600.0
+#: A third of the last stretch needs this many requests for its P99 to count
+#: (the alert rule's own minimum per third).
+THIRD_MIN_COUNT = PERF_MIN_COUNT // 3
 #: Points per throughput series in the HTML charts.
 RATE_POINTS = 800
 
@@ -58,19 +62,35 @@ def _stretch_p99(
     op: Op,
     stretch: Stretch | None,
     pad_s: float,
-) -> tuple[float | None, int, float | None, float | None]:
-    """P99 (ms), count, and the P99's 95 % bounds (ms) of ``op`` in ``stretch``."""
+) -> tuple[float | None, int, float | None, float | None, tuple[float, ...]]:
+    """P99 (ms), count, the P99's 95 % bounds (ms), and each third's P99 of ``op`` in ``stretch``.
+
+    The thirds are consecutive runs of the stretch's records (as the alert rule
+    splits its window); empty when a third has fewer than ``THIRD_MIN_COUNT``.
+    """
     if stretch is None:
-        return None, 0, None, None
+        return None, 0, None, None, ()
+    rows = [
+        r
+        for r in _window(reader, conn, op, stretch.start - pad_s, stretch.end + 1e-6)
+        if stretch.start <= (r[0] + r[1]) / 2.0 <= stretch.end
+    ]
     m = Merger()
-    for r in _window(reader, conn, op, stretch.start - pad_s, stretch.end + 1e-6):
-        if stretch.start <= (r[0] + r[1]) / 2.0 <= stretch.end:
-            m.add_blob(r[7])
+    thirds: list[Merger] = []
+    n = len(rows)
+    for i in range(3):
+        third = Merger()
+        for r in rows[i * n // 3 : (i + 1) * n // 3]:
+            third.add_blob(r[7])
+        m.add_merger(third)
+        thirds.append(third)
     if m.count == 0:
-        return None, 0, None, None
+        return None, 0, None, None, ()
     lo_q, hi_q = quantile_bounds(99.0, m.count)
     p99, lo, hi = m.percentiles_ms((99.0, lo_q, hi_q))
-    return p99, m.count, lo, hi
+    judged = all(t.count >= THIRD_MIN_COUNT for t in thirds)
+    third_p99s = tuple(t.percentiles_ms((99.0,))[0] for t in thirds) if judged else ()
+    return p99, m.count, lo, hi, third_p99s
 
 
 class _Acc:
@@ -153,8 +173,8 @@ def scan_op(
     if not seen:
         return None
     acc.close_window()
-    base_p99, base_n, _, base_hi = _stretch_p99(reader, conn, op, baseline, stats_interval_s)
-    last_p99, last_n, last_lo, _ = _stretch_p99(reader, conn, op, last, stats_interval_s)
+    base_p99, base_n, _, base_hi, _ = _stretch_p99(reader, conn, op, baseline, stats_interval_s)
+    last_p99, last_n, last_lo, _, thirds = _stretch_p99(reader, conn, op, last, stats_interval_s)
     return OpReport(
         op=op.value,
         target_rate=target_rate,
@@ -176,6 +196,7 @@ def scan_op(
         last_p99_ms=last_p99,
         last_count=last_n,
         last_p99_lo_ms=last_lo,
+        last_thirds_p99_ms=thirds,
         latency_series=tuple(acc.points),
         ok_rate_series=_ds(acc.rate_t, acc.ok_rate),
         error_rate_series=_ds(acc.rate_t, acc.err_rate),

@@ -89,6 +89,14 @@ async def _awaited(
     return got[0]
 
 
+def _has_memories(doc: dict[str, Any]) -> bool:
+    return isinstance(doc.get("memories"), dict)
+
+
+def _has_episodes(doc: dict[str, Any]) -> bool:
+    return isinstance(doc.get("episodes"), list)
+
+
 def _space_header(space: str | None) -> str:
     if space is None:
         return ""
@@ -245,15 +253,15 @@ class EngramClient:
         self, req: StoreRequest, intended_ns: int, then: ResultHook
     ) -> asyncio.Future[None]:
         """``POST /api/v1/memories/remember``; OK only when Engram echoes our ID."""
-
-        def answered(ex: Exchange) -> None:
-            ok = False
-            if self._is_2xx(ex):
-                doc = parse_object(ex.body)
-                ok = doc is not None and doc.get("memory_id") == req.memory_id
-            space, mid = req.space, req.memory_id
-            then(self._classify(Op.STORE, space, intended_ns, ex, ok, memory_id=mid))
-
+        mid = req.memory_id
+        answered = self._answered(
+            Op.STORE,
+            req.space,
+            intended_ns,
+            then,
+            lambda doc: doc.get("memory_id") == mid,
+            memory_id=mid,
+        )
         return self.begin(
             "POST", "/api/v1/memories/remember", then=answered, space=req.space, body=req.body
         )
@@ -262,14 +270,7 @@ class EngramClient:
         self, req: RecallRequest, intended_ns: int, then: ResultHook
     ) -> asyncio.Future[None]:
         """``GET /api/v1/memories/recall`` with a pre-encoded query string."""
-
-        def answered(ex: Exchange) -> None:
-            ok = False
-            if self._is_2xx(ex):
-                doc = parse_object(ex.body)
-                ok = doc is not None and isinstance(doc.get("memories"), dict)
-            then(self._classify(Op.RECALL, req.space, intended_ns, ex, ok))
-
+        answered = self._answered(Op.RECALL, req.space, intended_ns, then, _has_memories)
         target = f"/api/v1/memories/recall?{req.query_string}"
         return self.begin("GET", target, then=answered, space=req.space)
 
@@ -277,15 +278,27 @@ class EngramClient:
         self, req: SpreadRequest, intended_ns: int, then: ResultHook
     ) -> asyncio.Future[None]:
         """``POST /api/v1/query`` with a SPREAD query (body and header name the same space)."""
+        answered = self._answered(Op.SPREAD, req.space, intended_ns, then, _has_episodes)
+        return self.begin("POST", "/api/v1/query", then=answered, space=req.space, body=req.body)
+
+    def _answered(
+        self,
+        op: Op,
+        space: str,
+        intended_ns: int,
+        then: ResultHook,
+        shape_ok: Callable[[dict[str, Any]], bool],
+        *,
+        memory_id: str | None = None,
+    ) -> ThenHook:
+        """The hook that classifies one measured answer (a 2xx must have the route's shape)."""
 
         def answered(ex: Exchange) -> None:
-            ok = False
-            if self._is_2xx(ex):
-                doc = parse_object(ex.body)
-                ok = doc is not None and isinstance(doc.get("episodes"), list)
-            then(self._classify(Op.SPREAD, req.space, intended_ns, ex, ok))
+            doc = parse_object(ex.body) if self._is_2xx(ex) else None
+            ok = doc is not None and shape_ok(doc)
+            then(self._classify(op, space, intended_ns, ex, ok, memory_id=memory_id))
 
-        return self.begin("POST", "/api/v1/query", then=answered, space=req.space, body=req.body)
+        return answered
 
     async def store(self, req: StoreRequest, intended_ns: int) -> OpResult:
         return await _awaited(self.begin_store, req, intended_ns)

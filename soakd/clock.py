@@ -27,9 +27,7 @@ class SystemClock:
             remaining = deadline_ns - time.monotonic_ns()
             if remaining <= 0:
                 return
-            # Whole milliseconds, rounded up: the loop's timers have 1 ms
-            # resolution, so a sub-ms sleep would spin until the deadline.
-            await asyncio.sleep(-(-remaining // 1_000_000) / 1000)
+            await asyncio.sleep(_whole_ms_s(remaining))
 
     def call_at(self, deadline_ns: int, callback: Callable[[], object]) -> asyncio.TimerHandle:
         """Run ``callback`` on the running loop at ``deadline_ns``, in whole milliseconds.
@@ -39,9 +37,17 @@ class SystemClock:
         what the Timeline wakes on: a sleeping coroutine costs a future and a
         task step per wake-up on top (docs/perf-compare.md).
         """
-        remaining = deadline_ns - time.monotonic_ns()
-        delay_s = max(0, -(-remaining // 1_000_000)) / 1000
+        delay_s = _whole_ms_s(max(0, deadline_ns - time.monotonic_ns()))
         return asyncio.get_running_loop().call_later(delay_s, callback)
+
+
+def _whole_ms_s(remaining_ns: int) -> float:
+    """``remaining_ns`` as seconds in whole milliseconds, rounded up.
+
+    The loop's timers have 1 ms resolution, so a sub-ms sleep would spin until
+    the deadline.
+    """
+    return -(-remaining_ns // 1_000_000) / 1000
 
 
 class _FakeTimer:

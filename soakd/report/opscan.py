@@ -62,11 +62,15 @@ def _stretch_p99(
     op: Op,
     stretch: Stretch | None,
     pad_s: float,
+    *,
+    thirds: bool = False,
 ) -> tuple[float | None, int, float | None, float | None, tuple[float, ...]]:
-    """P99 (ms), count, the P99's 95 % bounds (ms), and each third's P99 of ``op`` in ``stretch``.
+    """P99 (ms), count, the P99's 95 % bounds (ms) of ``op`` in ``stretch``; with ``thirds``,
+    each third's P99 too.
 
     The thirds are consecutive runs of the stretch's records (as the alert rule
     splits its window); empty when a third has fewer than ``THIRD_MIN_COUNT``.
+    Each record is decoded once: the thirds are merged into the whole.
     """
     if stretch is None:
         return None, 0, None, None, ()
@@ -75,21 +79,20 @@ def _stretch_p99(
         for r in _window(reader, conn, op, stretch.start - pad_s, stretch.end + 1e-6)
         if stretch.start <= (r[0] + r[1]) / 2.0 <= stretch.end
     ]
-    m = Merger()
-    thirds: list[Merger] = []
-    n = len(rows)
-    for i in range(3):
-        third = Merger()
-        for r in rows[i * n // 3 : (i + 1) * n // 3]:
-            third.add_blob(r[7])
-        m.add_merger(third)
-        thirds.append(third)
+    n, k = len(rows), 3 if thirds else 1
+    parts = [Merger() for _ in range(k)]
+    for i, part in enumerate(parts):
+        for r in rows[i * n // k : (i + 1) * n // k]:
+            part.add_blob(r[7])
+    judged = thirds and all(part.count >= THIRD_MIN_COUNT for part in parts)
+    third_p99s = tuple(part.percentiles_ms((99.0,))[0] for part in parts) if judged else ()
+    m = parts[0]  # the thirds' P99s are read: now fold them into the whole
+    for part in parts[1:]:
+        m.add_merger(part)
     if m.count == 0:
         return None, 0, None, None, ()
     lo_q, hi_q = quantile_bounds(99.0, m.count)
     p99, lo, hi = m.percentiles_ms((99.0, lo_q, hi_q))
-    judged = all(t.count >= THIRD_MIN_COUNT for t in thirds)
-    third_p99s = tuple(t.percentiles_ms((99.0,))[0] for t in thirds) if judged else ()
     return p99, m.count, lo, hi, third_p99s
 
 
@@ -174,7 +177,9 @@ def scan_op(
         return None
     acc.close_window()
     base_p99, base_n, _, base_hi, _ = _stretch_p99(reader, conn, op, baseline, stats_interval_s)
-    last_p99, last_n, last_lo, _, thirds = _stretch_p99(reader, conn, op, last, stats_interval_s)
+    last_p99, last_n, last_lo, _, thirds = _stretch_p99(
+        reader, conn, op, last, stats_interval_s, thirds=True
+    )
     return OpReport(
         op=op.value,
         target_rate=target_rate,

@@ -95,6 +95,14 @@ class Sample:
     self_rss_bytes: int | None = None
     self_cpu_s: float | None = None
     loop_lag_s: float | None = None
+    # The kernel's split of rss_bytes (/proc/PID/status RssAnon, RssFile, RssShmem): only
+    # anonymous memory can leak; file-backed pages of mapped data files are reclaimable cache.
+    rss_anon_bytes: int | None = None
+    rss_file_bytes: int | None = None
+    rss_shmem_bytes: int | None = None
+    # Memory the target could still get: MemAvailable of the host, or of its cgroup v2 when the
+    # cgroup has a limit (memory.max - memory.current), whichever is smaller.
+    mem_available_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

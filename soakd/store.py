@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from soakd.errors import StartupError, UsageError
 from soakd.model import (
     Alert,
@@ -36,58 +38,104 @@ from soakd.model import (
 )
 from soakd.stats import merge_blobs
 
+log = structlog.get_logger(__name__)
+
 DB_NAME = "run.sqlite"
 #: Counter: interval records before this (wall seconds) have been compacted.
 COMPACTED_UNTIL = "intervals_compacted_until"
-SCHEMA_VERSION = 1
 
-_SAMPLE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Sample))
+#: The samples table's columns, each migration's additions in turn. Written
+#: out, not derived from :class:`Sample`: a new Sample field needs a migration
+#: that adds its column (tests/test_store.py checks every field has one).
+SAMPLE_COLUMNS_V1: tuple[str, ...] = (
+    "t",
+    "pid",
+    "rss_bytes",
+    "heap_bytes",
+    "uss_bytes",
+    "cpu_user_s",
+    "cpu_system_s",
+    "read_bytes",
+    "write_bytes",
+    "num_fds",
+    "num_threads",
+    "data_dir_bytes",
+    "memories",
+    "self_rss_bytes",
+    "self_cpu_s",
+    "loop_lag_s",
+)
+SAMPLE_COLUMNS_V2: tuple[str, ...] = (
+    "rss_anon_bytes",
+    "rss_file_bytes",
+    "rss_shmem_bytes",
+    "mem_available_bytes",
+)
+SAMPLE_COLUMNS: tuple[str, ...] = SAMPLE_COLUMNS_V1 + SAMPLE_COLUMNS_V2
 # SQLite hands integers back as floats when the column is REAL; restore them.
 _INT_SAMPLE_FIELDS = frozenset(f.name for f in fields(Sample) if str(f.type).startswith("int"))
 
+_INTERVAL_COLUMNS = (
+    "op, start, end_, count, ok, errors, dropped, late, response_hist, service_hist, lag_hist"
+)
+_INTERVAL_INSERT = f"INSERT INTO intervals ({_INTERVAL_COLUMNS}) VALUES ({', '.join('?' * 11)})"
+_CONSOLIDATION_COLUMNS = "space, t, generated_at, generated_s, interval_s"
+_EVENT_COLUMNS = "t, kind, message, detail"
+_ALERT_STATE_COLUMNS = "rule, labels, state, since, value, summary, severity, annotations"
+_ALERT_HISTORY_COLUMNS = "t, rule, labels, old, new, value, summary"
+
 #: Read-backs not yet judged, replaced whole at each flush (added within schema 1:
-#: a store written by an older soakd gets the table when it is opened to resume).
+#: a store written by an older soakd gets the table when it is migrated to 2).
 _PENDING_TABLE = """CREATE TABLE IF NOT EXISTS integrity_pending (
     space TEXT NOT NULL, memory_id TEXT NOT NULL, due REAL NOT NULL
-);"""
+)"""
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS run (
+_V1: tuple[str, ...] = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS run (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     run_id TEXT NOT NULL, spec_fingerprint TEXT NOT NULL, spec_text TEXT NOT NULL,
     started_at REAL NOT NULL, planned_duration_s REAL NOT NULL, ended_at REAL,
     status TEXT NOT NULL, target_url TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS samples ({", ".join(f"{n} REAL" for n in _SAMPLE_FIELDS)});
-CREATE INDEX IF NOT EXISTS samples_t ON samples (t);
-CREATE TABLE IF NOT EXISTS intervals (
+)""",
+    f"CREATE TABLE IF NOT EXISTS samples ({', '.join(f'{n} REAL' for n in SAMPLE_COLUMNS_V1)})",
+    "CREATE INDEX IF NOT EXISTS samples_t ON samples (t)",
+    """CREATE TABLE IF NOT EXISTS intervals (
     op TEXT NOT NULL, start REAL NOT NULL, end_ REAL NOT NULL, count INTEGER NOT NULL,
     ok INTEGER NOT NULL, errors TEXT NOT NULL, dropped INTEGER NOT NULL, late INTEGER NOT NULL,
     response_hist BLOB NOT NULL, service_hist BLOB NOT NULL, lag_hist BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS intervals_op_start ON intervals (op, start);
-CREATE TABLE IF NOT EXISTS consolidation_runs (
+)""",
+    "CREATE INDEX IF NOT EXISTS intervals_op_start ON intervals (op, start)",
+    """CREATE TABLE IF NOT EXISTS consolidation_runs (
     space TEXT NOT NULL, t REAL NOT NULL, generated_at TEXT NOT NULL,
     generated_s REAL NOT NULL, interval_s REAL
-);
-CREATE INDEX IF NOT EXISTS consolidation_t ON consolidation_runs (t);
-CREATE TABLE IF NOT EXISTS events (
+)""",
+    "CREATE INDEX IF NOT EXISTS consolidation_t ON consolidation_runs (t)",
+    """CREATE TABLE IF NOT EXISTS events (
     t REAL NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL, detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_kind ON events (kind, t);
-CREATE TABLE IF NOT EXISTS alert_states (
+)""",
+    "CREATE INDEX IF NOT EXISTS events_kind ON events (kind, t)",
+    """CREATE TABLE IF NOT EXISTS alert_states (
     rule TEXT NOT NULL, labels TEXT NOT NULL, state TEXT NOT NULL, since REAL NOT NULL,
     value REAL, summary TEXT NOT NULL, severity TEXT NOT NULL, annotations TEXT NOT NULL,
     PRIMARY KEY (rule, labels)
-);
-CREATE TABLE IF NOT EXISTS alert_history (
+)""",
+    """CREATE TABLE IF NOT EXISTS alert_history (
     t REAL NOT NULL, rule TEXT NOT NULL, labels TEXT NOT NULL, old TEXT NOT NULL,
     new TEXT NOT NULL, value REAL, summary TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-{_PENDING_TABLE}
-"""
+)""",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    _PENDING_TABLE,
+)
+_V2: tuple[str, ...] = (
+    *(f"ALTER TABLE samples ADD COLUMN {n} REAL" for n in SAMPLE_COLUMNS_V2),
+    _PENDING_TABLE,  # a schema-1 store from before the table gets it here
+)
+
+#: ``PRAGMA user_version`` -> the statements that bring a store from the
+#: version before to it. Append only: a released migration never changes.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2))
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 #: A read-back waiting to be judged: (space, memory_id, due as wall seconds).
@@ -159,11 +207,19 @@ def _range(column: str, since: float | None, until: float | None) -> tuple[str, 
 class RunStore:
     """A run's durable state; implements :class:`soakd.model.RunReader`."""
 
-    def __init__(self, state_dir: Path, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        conn: sqlite3.Connection,
+        sample_columns: tuple[str, ...] = SAMPLE_COLUMNS,
+    ) -> None:
         self.state_dir = state_dir
         self.db_path = state_dir / DB_NAME
         self._conn = conn
         self._lock = threading.Lock()
+        # The columns this file's samples table has: an older store opened
+        # read-only (``soakd report``) lacks the newer ones, read back as None.
+        self._sample_columns = sample_columns
 
     # -- opening ---------------------------------------------------------------
 
@@ -204,14 +260,12 @@ class RunStore:
             leftover.unlink(missing_ok=True)
         conn = cls._connect(tmp, readonly=False)
         try:
-            with conn:
-                conn.executescript(_SCHEMA)
+            migrate(conn, 0)
             with conn:
                 conn.execute(
-                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
-                conn.execute(
-                    "INSERT INTO run VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO run (id, run_id, spec_fingerprint, spec_text, started_at,"
+                    " planned_duration_s, ended_at, status, target_url)"
+                    " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         info.run_id,
                         info.spec_fingerprint,
@@ -238,23 +292,36 @@ class RunStore:
         if not path.is_file():
             raise UsageError(f"{state_dir} holds no soakd run (no {DB_NAME})")
         conn = cls._connect(path, readonly=readonly)
-        store = cls(state_dir, conn)
         try:
-            version = store._one("SELECT value FROM meta WHERE key = 'schema_version'")
+            version = schema_version(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise StartupError(f"{path} is not a readable soakd run store: {exc}") from exc
-        if version is None or int(version[0]) != SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             conn.close()
-            raise UsageError(f"{path} has run-store schema {version}, expected {SCHEMA_VERSION}")
-        if not readonly:
+            raise StartupError(
+                f"{path} has run-store schema {version}, written by a newer soakd; this soakd "
+                f"knows schemas up to {SCHEMA_VERSION}: run the newer soakd on this state dir"
+            )
+        if version < 1:
+            conn.close()
+            raise StartupError(f"{path} is not a soakd run store (no schema version)")
+        if not readonly and version < SCHEMA_VERSION:
             try:
-                with conn:
-                    conn.execute(_PENDING_TABLE)
+                migrate(conn, version)
             except sqlite3.Error as exc:
                 conn.close()
-                raise StartupError(f"cannot update run store {path}: {exc}") from exc
-        return store
+                raise StartupError(
+                    f"cannot upgrade run store {path} from schema {version} to"
+                    f" {SCHEMA_VERSION}: {exc}"
+                ) from exc
+            log.info("run_store_upgraded", path=str(path), old=version, new=SCHEMA_VERSION)
+        try:
+            present = {str(r[1]) for r in conn.execute("PRAGMA table_info(samples)")}
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StartupError(f"{path} is not a readable soakd run store: {exc}") from exc
+        return cls(state_dir, conn, tuple(c for c in SAMPLE_COLUMNS if c in present))
 
     def close(self) -> None:
         with self._lock:
@@ -267,14 +334,15 @@ class RunStore:
         conn = self._conn
         with self._lock, conn:
             if batch.samples:
-                marks = ", ".join("?" * len(_SAMPLE_FIELDS))
+                cols = self._sample_columns
                 conn.executemany(
-                    f"INSERT INTO samples VALUES ({marks})",
-                    [tuple(getattr(s, n) for n in _SAMPLE_FIELDS) for s in batch.samples],
+                    f"INSERT INTO samples ({', '.join(cols)})"
+                    f" VALUES ({', '.join('?' * len(cols))})",
+                    [tuple(getattr(s, n) for n in cols) for s in batch.samples],
                 )
             if batch.intervals:
                 conn.executemany(
-                    "INSERT INTO intervals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _INTERVAL_INSERT,
                     [
                         (
                             r.op.value,
@@ -294,7 +362,8 @@ class RunStore:
                 )
             if batch.consolidation_runs:
                 conn.executemany(
-                    "INSERT INTO consolidation_runs VALUES (?, ?, ?, ?, ?)",
+                    f"INSERT INTO consolidation_runs ({_CONSOLIDATION_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?)",
                     [
                         (c.space, c.t, c.generated_at, c.generated_s, c.interval_s)
                         for c in batch.consolidation_runs
@@ -302,46 +371,22 @@ class RunStore:
                 )
             if batch.events:
                 conn.executemany(
-                    "INSERT INTO events VALUES (?, ?, ?, ?)",
+                    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?)",
                     [
                         (e.t, e.kind, e.message, json.dumps(dict(e.detail), default=str))
                         for e in batch.events
                     ],
                 )
-            if batch.alert_transitions:
-                conn.executemany(
-                    "INSERT INTO alert_history VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (a.t, a.rule, _labels_key(a.labels), a.old, a.new, a.value, a.summary)
-                        for a in batch.alert_transitions
-                    ],
-                )
+            write_alerts(conn, batch.alert_transitions, batch.alert_states)
             if batch.integrity_pending is not None:
                 conn.execute("DELETE FROM integrity_pending")
                 conn.executemany(
-                    "INSERT INTO integrity_pending VALUES (?, ?, ?)", batch.integrity_pending
-                )
-            if batch.alert_states is not None:
-                conn.execute("DELETE FROM alert_states")
-                conn.executemany(
-                    "INSERT INTO alert_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            a.rule,
-                            _labels_key(a.labels),
-                            a.state.value,
-                            a.since,
-                            a.value,
-                            a.summary,
-                            a.severity,
-                            json.dumps(dict(a.annotations)),
-                        )
-                        for a in batch.alert_states
-                    ],
+                    "INSERT INTO integrity_pending (space, memory_id, due) VALUES (?, ?, ?)",
+                    batch.integrity_pending,
                 )
             if batch.counters:
                 conn.executemany(
-                    "INSERT INTO counters VALUES (?, ?) "
+                    "INSERT INTO counters (name, value) VALUES (?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                     list(batch.counters.items()),
                 )
@@ -366,7 +411,8 @@ class RunStore:
         if end <= start:
             return 0
         rows = self._all(
-            "SELECT rowid, * FROM intervals WHERE start >= ? AND start < ? ORDER BY op, start",
+            f"SELECT rowid, {_INTERVAL_COLUMNS} FROM intervals"
+            " WHERE start >= ? AND start < ? ORDER BY op, start",
             (start, end),
         )
         groups: dict[tuple[str, int], list[Any]] = {}
@@ -381,12 +427,10 @@ class RunStore:
                 self._conn.executemany(
                     "DELETE FROM intervals WHERE rowid = ?", [(r[0],) for r in group]
                 )
-                self._conn.execute(
-                    "INSERT INTO intervals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", merged
-                )
+                self._conn.execute(_INTERVAL_INSERT, merged)
                 removed += len(group) - 1
             self._conn.execute(
-                "INSERT INTO counters VALUES (?, ?) "
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 (COMPACTED_UNTIL, int(end)),
             )
@@ -437,8 +481,9 @@ class RunStore:
 
     def samples(self, since: float | None = None, until: float | None = None) -> list[Sample]:
         where, args = _range("t", since, until)
-        rows = self._all(f"SELECT * FROM samples WHERE {where} ORDER BY t", args)
-        return [_sample(r) for r in rows]
+        cols = ", ".join(self._sample_columns)
+        rows = self._all(f"SELECT {cols} FROM samples WHERE {where} ORDER BY t", args)
+        return [_sample(self._sample_columns, r) for r in rows]
 
     def iter_samples(
         self, since: float | None = None, until: float | None = None, chunk: int = 50_000
@@ -446,15 +491,17 @@ class RunStore:
         """Samples in chunks, so a 7-day report need not hold 600k rows at once."""
         where, args = _range("t", since, until)
         last_rowid = 0
+        cols = ", ".join(self._sample_columns)
         while True:
             rows = self._all(
-                f"SELECT rowid, * FROM samples WHERE {where} AND rowid > ? ORDER BY rowid LIMIT ?",
+                f"SELECT rowid, {cols} FROM samples WHERE {where} AND rowid > ?"
+                " ORDER BY rowid LIMIT ?",
                 [*args, last_rowid, chunk],
             )
             if not rows:
                 return
             last_rowid = int(rows[-1][0])
-            yield [_sample(r[1:]) for r in rows]
+            yield [_sample(self._sample_columns, r[1:]) for r in rows]
 
     def sample_count(self) -> int:
         row = self._one("SELECT COUNT(*) FROM samples")
@@ -468,7 +515,9 @@ class RunStore:
         if op is not None:
             where += " AND op = ?"
             params.append(op.value)
-        rows = self._all(f"SELECT * FROM intervals WHERE {where} ORDER BY start", params)
+        rows = self._all(
+            f"SELECT {_INTERVAL_COLUMNS} FROM intervals WHERE {where} ORDER BY start", params
+        )
         return [
             IntervalRecord(
                 op=Op(str(r[0])),
@@ -488,19 +537,24 @@ class RunStore:
 
     def consolidation_runs(self, since: float | None = None) -> list[ConsolidationRun]:
         where, args = _range("t", since, None)
-        rows = self._all(f"SELECT * FROM consolidation_runs WHERE {where} ORDER BY t", args)
+        rows = self._all(
+            f"SELECT {_CONSOLIDATION_COLUMNS} FROM consolidation_runs WHERE {where} ORDER BY t",
+            args,
+        )
         return [ConsolidationRun(*r) for r in rows]
 
     def events(self, kinds: tuple[str, ...] | None = None) -> list[Event]:
         if kinds:
             marks = ", ".join("?" * len(kinds))
-            rows = self._all(f"SELECT * FROM events WHERE kind IN ({marks}) ORDER BY t", kinds)
+            rows = self._all(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE kind IN ({marks}) ORDER BY t", kinds
+            )
         else:
-            rows = self._all("SELECT * FROM events ORDER BY t")
+            rows = self._all(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY t")
         return [Event(float(r[0]), str(r[1]), str(r[2]), json.loads(str(r[3]))) for r in rows]
 
     def alert_states(self) -> list[Alert]:
-        rows = self._all("SELECT * FROM alert_states ORDER BY rule, labels")
+        rows = self._all(f"SELECT {_ALERT_STATE_COLUMNS} FROM alert_states ORDER BY rule, labels")
         return [
             Alert(
                 rule=str(r[0]),
@@ -516,7 +570,7 @@ class RunStore:
         ]
 
     def alert_history(self) -> list[AlertTransition]:
-        rows = self._all("SELECT * FROM alert_history ORDER BY t, rowid")
+        rows = self._all(f"SELECT {_ALERT_HISTORY_COLUMNS} FROM alert_history ORDER BY t, rowid")
         return [
             AlertTransition(
                 t=float(r[0]),
@@ -546,12 +600,87 @@ class RunStore:
         return None if row is None or row[0] is None else float(row[0])
 
 
-def _sample(row: Sequence[Any]) -> Sample:
+def _sample(columns: Sequence[str], row: Sequence[Any]) -> Sample:
     values = {
         name: (int(v) if v is not None and name in _INT_SAMPLE_FIELDS else v)
-        for name, v in zip(_SAMPLE_FIELDS, row, strict=True)
+        for name, v in zip(columns, row, strict=True)
     }
     return Sample(**values)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The store's schema: ``PRAGMA user_version``, or 1 for a store from before it was used.
+
+    Schema 1 was recorded only in ``meta``; 0 means an empty file (no schema yet).
+    """
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version:
+        return version
+    tables = conn.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone()
+    if tables is None:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def migrate(conn: sqlite3.Connection, version: int, until: int = SCHEMA_VERSION) -> None:
+    """Bring the store from ``version`` to ``until``, one migration per transaction.
+
+    Each step and its ``user_version`` commit together: a kill mid-way leaves
+    the store at a whole version, and the next open carries on from there.
+    """
+    for target, statements in MIGRATIONS:
+        if target <= version or target > until:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in statements:
+                conn.execute(sql)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(target),),
+            )
+            conn.execute(f"PRAGMA user_version = {int(target)}")
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def write_alerts(
+    conn: sqlite3.Connection,
+    transitions: Sequence[AlertTransition],
+    states: Sequence[Alert] | None,
+) -> None:
+    """Add alert history rows and replace the alert states (None: unchanged), in the caller's
+    transaction: the dispatcher commits them with the outbox rows they notify."""
+    if transitions:
+        conn.executemany(
+            f"INSERT INTO alert_history ({_ALERT_HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (a.t, a.rule, _labels_key(a.labels), a.old, a.new, a.value, a.summary)
+                for a in transitions
+            ],
+        )
+    if states is not None:
+        conn.execute("DELETE FROM alert_states")
+        conn.executemany(
+            f"INSERT INTO alert_states ({_ALERT_STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    a.rule,
+                    _labels_key(a.labels),
+                    a.state.value,
+                    a.since,
+                    a.value,
+                    a.summary,
+                    a.severity,
+                    json.dumps(dict(a.annotations)),
+                )
+                for a in states
+            ],
+        )
 
 
 def _fsync_dir(path: Path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from soakd.errors import UsageError
+from soakd.errors import StartupError, UsageError
 from soakd.model import (
     Alert,
     AlertState,
@@ -18,7 +21,10 @@ from soakd.model import (
     RunInfo,
     Sample,
 )
-from soakd.store import Batch, RunStore
+from soakd.store import SAMPLE_COLUMNS, SCHEMA_VERSION, Batch, RunStore, migrate
+
+#: A state dir written by soakd 949b37b (schema 1): see tests/fixtures/state_v1/README.md.
+FIXTURE = Path(__file__).parent / "fixtures" / "state_v1"
 
 
 def _info() -> RunInfo:
@@ -167,12 +173,29 @@ def test_pending_read_backs_are_replaced_whole_and_survive_a_reopen(tmp_path: Pa
     reopened.close()
 
 
+def _schema_1_store(state_dir: Path, *, pending_table: bool = True) -> None:
+    """A run store as soakd wrote it before schema 2 (``meta`` says 1, no user_version)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(state_dir / "run.sqlite")
+    migrate(conn, 0, until=1)
+    conn.execute("PRAGMA user_version = 0")
+    if not pending_table:
+        conn.execute("DROP TABLE integrity_pending")
+    info = _info()
+    conn.execute(
+        "INSERT INTO run (id, run_id, spec_fingerprint, spec_text, started_at,"
+        " planned_duration_s, ended_at, status, target_url)"
+        " VALUES (1, ?, ?, ?, ?, ?, NULL, 'running', ?)",
+        (info.run_id, info.spec_fingerprint, info.spec_text, 1000.0, 3600.0, info.target_url),
+    )
+    conn.execute("INSERT INTO counters (name, value) VALUES ('next_k_store', 7)")
+    conn.commit()
+    conn.close()
+
+
 def test_a_store_from_before_the_pending_table_gets_it_on_resume(tmp_path: Path) -> None:
     """A run store written by an older soakd (no integrity_pending table) still resumes."""
-    store = RunStore.create(tmp_path, _info())
-    store.write(Batch(counters={"next_k_store": 7}))
-    store._conn.execute("DROP TABLE integrity_pending")
-    store.close()
+    _schema_1_store(tmp_path, pending_table=False)
     old = RunStore.open(tmp_path, readonly=True)
     assert old.integrity_pending() == []  # read-only: nothing to add, nothing to read
     old.close()
@@ -182,3 +205,79 @@ def test_a_store_from_before_the_pending_table_gets_it_on_resume(tmp_path: Path)
     assert resumed.integrity_pending() == [("s1", "m1", 1.0)]
     assert resumed.counters() == {"next_k_store": 7}
     resumed.close()
+
+
+def _fixture_copy(tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copy(FIXTURE / "run.sqlite", state / "run.sqlite")
+    return state
+
+
+def test_every_sample_field_has_a_column_of_the_latest_schema() -> None:
+    """A new Sample field without a migration adding its column fails here, not at a resume."""
+    assert sorted(SAMPLE_COLUMNS) == sorted(f.name for f in fields(Sample))
+
+
+def test_a_state_dir_of_the_previous_soakd_resumes_and_takes_the_new_fields(
+    tmp_path: Path,
+) -> None:
+    """The fixture (soakd 949b37b, schema 1) is upgraded in place and keeps all it held."""
+    state = _fixture_copy(tmp_path)
+    store = RunStore.open(state)
+    try:
+        assert store._one("PRAGMA user_version")[0] == SCHEMA_VERSION
+        old_samples = store.samples()
+        assert len(old_samples) == 23
+        assert all(s.rss_anon_bytes is None for s in old_samples)
+        assert old_samples[-1].rss_bytes
+        assert len(store.intervals(Op.SPREAD)) >= 5
+        firing = [a for a in store.alert_states() if a.state is AlertState.FIRING]
+        assert [a.rule for a in firing] == ["spread_errors"]
+        new = Sample(
+            t=old_samples[-1].t + 1,
+            pid=1,
+            rss_bytes=10,
+            rss_anon_bytes=4,
+            rss_file_bytes=5,
+            rss_shmem_bytes=1,
+            mem_available_bytes=2**30,
+        )
+        store.write(Batch(samples=[new]))
+        assert store.samples()[-1] == new
+    finally:
+        store.close()
+    again = RunStore.open(state)  # a second open finds it current: nothing to migrate
+    try:
+        assert again.sample_count() == 24
+    finally:
+        again.close()
+
+
+def test_a_previous_state_dir_reads_read_only_without_an_upgrade(tmp_path: Path) -> None:
+    """``soakd report``/``status`` on an old state dir read it as it is (new fields None)."""
+    state = _fixture_copy(tmp_path)
+    store = RunStore.open(state, readonly=True)
+    try:
+        samples = store.samples()
+        assert len(samples) == 23 and samples[0].mem_available_bytes is None
+        assert sum(len(c) for c in store.iter_samples(chunk=5)) == 23
+    finally:
+        store.close()
+    conn = sqlite3.connect(state / "run.sqlite")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0  # untouched
+    conn.close()
+
+
+def test_a_store_of_a_newer_soakd_is_refused_clearly(tmp_path: Path) -> None:
+    """A schema newer than this code knows is a start-up error naming both versions."""
+    store = RunStore.create(tmp_path, _info())
+    store._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store.close()
+    for readonly in (False, True):
+        with pytest.raises(StartupError) as err:
+            RunStore.open(tmp_path, readonly=readonly)
+        text = str(err.value)
+        assert f"schema {SCHEMA_VERSION + 1}" in text and "newer soakd" in text
+        assert f"up to {SCHEMA_VERSION}" in text
+        assert err.value.exit_code == 3

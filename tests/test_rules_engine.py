@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_rules import MB, T0, inputs, latency_records, rss_samples
+from test_rules import MB, T0, inputs, latency_records, record, rss_samples
 
-from soakd.model import Alert, AlertState, Event, Op, RunInfo
+from soakd.model import Alert, AlertState, Event, IntervalRecord, Op, RunInfo
 from soakd.rules import AlertEngine, evaluate_rule, gather_inputs
 from soakd.spec.model import AlertKind, AlertRuleSpec
 from soakd.store import Batch, RunStore
@@ -52,6 +52,52 @@ def test_fires_immediately_and_resolves() -> None:
     assert (t2.old, t2.new) == (AlertState.FIRING, AlertState.RESOLVED)
     (alert,) = engine.current()
     assert alert.state is AlertState.RESOLVED
+
+
+ERRORS = AlertRuleSpec("errs", AlertKind.ERROR_RATE, 0.5, window_s=20.0, operations=("spread",))
+
+
+def _failing(start_elapsed: float, n: int, per_interval: int = 30) -> list[IntervalRecord]:
+    """``n`` 10-second spread records from ``start_elapsed`` whose every request failed."""
+    return [
+        record(Op.SPREAD, T0 + start_elapsed + 10 * i, 10.0, [5.0] * per_interval, ok=0)
+        for i in range(n)
+    ]
+
+
+def test_a_firing_alert_is_held_while_its_window_has_too_little_data() -> None:
+    """Not enough data is not "resolved": the alert stays firing, then resolves on real data.
+
+    The 10 s window of issue 18 flapped: one evaluation saw a record, the next
+    none ("not judged"), which resolved the alert; the next one fired it anew.
+    """
+    engine = AlertEngine([ERRORS], base_labels=BASE)
+    recs = _failing(0, 3)
+    (fired,) = engine.evaluate(inputs(30, intervals={Op.SPREAD: recs}))
+    assert fired.new is AlertState.FIRING
+    # 45 s: nothing recorded since 30 s (a gap, a restart): too few requests.
+    assert engine.evaluate(inputs(55, intervals={Op.SPREAD: recs})) == []
+    (alert,) = engine.current()
+    assert alert.state is AlertState.FIRING and alert.since == fired.t
+    assert "held" in alert.summary and alert.value == fired.value
+    # Data again, all failing: still firing, no new transition.
+    more = recs + _failing(60, 2)
+    assert engine.evaluate(inputs(80, intervals={Op.SPREAD: more})) == []
+    # Data again, all ok: now it is over.
+    ok = more + [record(Op.SPREAD, T0 + 80 + 10 * i, 10.0, [5.0] * 30) for i in range(2)]
+    (resolved,) = engine.evaluate(inputs(100, intervals={Op.SPREAD: ok}))
+    assert (resolved.old, resolved.new) == (AlertState.FIRING, AlertState.RESOLVED)
+
+
+def test_a_pending_alert_without_data_still_goes_inactive() -> None:
+    """Only firing is held: a pending instance whose data dries up never fires on no data."""
+    rule = AlertRuleSpec("errs", AlertKind.ERROR_RATE, 0.5, window_s=20.0, for_s=60.0)
+    engine = AlertEngine([rule], base_labels=BASE)
+    recs = _failing(0, 3)
+    (pending,) = engine.evaluate(inputs(30, intervals={Op.SPREAD: recs}))
+    assert pending.new is AlertState.PENDING
+    (gone,) = engine.evaluate(inputs(55, intervals={Op.SPREAD: recs}))
+    assert gone.new is AlertState.INACTIVE
 
 
 def test_labels_include_alertname_severity_run_and_target() -> None:

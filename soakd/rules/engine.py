@@ -3,7 +3,8 @@
 :class:`AlertEngine` turns each evaluation's :class:`RuleResult` list into
 :class:`~soakd.model.AlertTransition` records, applying each rule's ``for``
 (an instance must stay active that long before it fires) and resolving an
-instance as soon as its condition clears. It starts from the states the run
+instance as soon as its condition clears (not when its data runs short: a
+firing instance whose rule cannot judge it is held firing). It starts from the states the run
 store kept (``restored``), so an alert that was already firing before a soakd
 restart stays firing without paging again. It does no I/O: the daemon stores
 the transitions and hands them to the dispatcher.
@@ -92,6 +93,19 @@ class AlertEngine:
     ) -> AlertTransition | None:
         prev = self._alerts.get(key)
         old = prev.state if prev is not None else AlertState.INACTIVE
+        held = old is AlertState.FIRING and not result.judged
+        if held:
+            # Too little data to judge is not "over": resolving here and firing
+            # again at the next full window paged on-call once per gap.
+            assert prev is not None
+            result = RuleResult(
+                result.rule,
+                result.labels,
+                True,
+                prev.value,
+                f"{prev.summary} (held: {result.summary})",
+                result.detail,
+            )
         new = _next_state(old, result.active, prev, rule.for_s, now)
         since = now if new is not old or prev is None else prev.since
         # the rule's own summary/description win; what was measured is always in "observed"

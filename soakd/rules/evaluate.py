@@ -3,9 +3,10 @@
 :func:`evaluate_rule` returns one :class:`RuleResult` per alert instance:
 per operation for latency and error rate, per failure mode ("drift",
 "stalled") for consolidation, one for the rest. An instance whose condition
-cannot be judged yet (warm-up, too few samples) is reported inactive with a
-summary that says why, so a firing alert resolves rather than lingers when its
-data dries up.
+cannot be judged yet (warm-up, too few samples) is reported inactive and
+``judged=False``, with a summary that says why: the engine keeps a firing
+instance firing then (Prometheus's ``keep_firing_for``), as "too little data"
+is not "over".
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class RuleResult:
     value: float | None
     summary: str
     detail: Mapping[str, object] = field(default_factory=dict)
+    # False: too little data in the window to say either way ("not judged
+    # yet"). The engine holds a firing instance then instead of resolving it.
+    judged: bool = True
 
 
 def _result(
@@ -66,9 +70,10 @@ def _result(
     *,
     labels: Mapping[str, str] | None = None,
     detail: Mapping[str, object] | None = None,
+    judged: bool = True,
 ) -> RuleResult:
     merged = {**dict(rule.labels), **(labels or {})}
-    return RuleResult(rule.name, merged, active, value, summary, dict(detail or {}))
+    return RuleResult(rule.name, merged, active, value, summary, dict(detail or {}), judged)
 
 
 def _ops(rule: AlertRuleSpec, inputs: RuleInputs) -> list[Op]:
@@ -100,7 +105,8 @@ def _leak(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResul
     )
     active, why = _leak_verdict(rule, fit, w)
     value = fit.judged_pct_per_day if rule.threshold > 0 else fit.judged_mb_per_h
-    return [_result(rule, active, value, why, detail=fit.as_dict())]
+    judged = fit.judged_pct_per_day is not None and fit.span_s >= w.leak_min_span_s
+    return [_result(rule, active, value, why, detail=fit.as_dict(), judged=judged)]
 
 
 def _leak_verdict(rule: AlertRuleSpec, fit: LeakFit, w: Windows) -> tuple[bool, str]:
@@ -206,7 +212,7 @@ def _perf_op(
     name = f"P{q:g}"
     if base_n < PERF_MIN_COUNT or recent.count < PERF_MIN_COUNT or base_ms <= 0:
         why = f"{op} {name} not judged yet (baseline {base_n}, window {recent.count} requests)"
-        return _result(rule, False, None, why, labels=labels)
+        return _result(rule, False, None, why, labels=labels, judged=False)
     now_ms = recent.percentile_ms(q)
     now_lo_ms = recent.percentile_ms(quantile_bounds(q, recent.count)[0])
     pct = (now_ms / base_ms - 1.0) * 100.0
@@ -354,9 +360,8 @@ def _error_rate(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[Rul
         failed = count - sum(r.ok for r in recs)
         labels = {"op": op.value}
         if count < ERROR_MIN_COUNT:
-            out.append(
-                _result(rule, False, None, f"{op}: {count} requests, not judged", labels=labels)
-            )
+            why = f"{op}: {count} requests, not judged"
+            out.append(_result(rule, False, None, why, labels=labels, judged=False))
             continue
         rate = failed / count
         keys: dict[str, int] = {}
@@ -475,7 +480,7 @@ def _threshold(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[Rule
         return [_result(rule, False, None, f"unknown metric {metric!r}")]
     compare = _COMPARE.get(rule.condition, _COMPARE[">"])
     if value is None:
-        return [_result(rule, False, None, f"{metric}: no data")]
+        return [_result(rule, False, None, f"{metric}: no data", judged=False)]
     active = compare(value, rule.threshold)
     why = f"{metric} = {value:.4g} ({rule.condition} {rule.threshold:g})"
     return [_result(rule, active, value, why)]

@@ -74,16 +74,20 @@ def threshold_metrics() -> tuple[str, ...]:
 
 
 def read_alerts(
-    ctx: Ctx, node: yaml.Node | None, workload_ops: Iterable[str]
+    ctx: Ctx, node: yaml.Node | None, workload_ops: Iterable[str], min_window_s: float = 0.0
 ) -> tuple[AlertRuleSpec, ...]:
-    """Every rule of ``alerts:``; names must be unique."""
+    """Every rule of ``alerts:``; names must be unique.
+
+    ``min_window_s`` (two stats intervals): a shorter ``window`` holds one
+    interval record or none at times, which would read as "no data".
+    """
     if node is None:
         return ()
     driven = frozenset(workload_ops)
     rules: list[AlertRuleSpec] = []
     seen: dict[str, str] = {}
     for path, item in items(ctx, node, "alerts", MAX_ALERTS):
-        found = _read_alert(ctx, path, item, driven)
+        found = _read_alert(ctx, path, item, driven, min_window_s)
         if found is None:
             continue
         rule, rule_path, name_node = found
@@ -96,7 +100,7 @@ def read_alerts(
 
 
 def _read_alert(
-    ctx: Ctx, path: str, node: yaml.Node, driven: frozenset[str]
+    ctx: Ctx, path: str, node: yaml.Node, driven: frozenset[str], min_window_s: float
 ) -> tuple[AlertRuleSpec, str, yaml.Node] | None:
     """One entry, in whichever of the three shapes it is written."""
     if isinstance(node, yaml.MappingNode) and len(node.value) == 1:
@@ -111,7 +115,7 @@ def _read_alert(
                     rule_path, key_node, "an alert name is an identifier ([A-Za-z_][A-Za-z0-9_]*)"
                 )
                 return None
-            rule = _named(ctx, rule_path, name, value, driven)
+            rule = _named(ctx, rule_path, name, value, driven, min_window_s=min_window_s)
             return (rule, rule_path, key_node) if rule else None
     if not isinstance(node, yaml.MappingNode):
         ctx.add(path, node, f'expected `name: "phrase"` or a mapping, got {describe(node)}')
@@ -122,7 +126,7 @@ def _read_alert(
         # `- leak: "phrase"` followed by option keys (for:, severity:...) in the same item.
         name = extra[0]
         section = Section(ctx, node, path, (*_OPTION_KEYS, name))
-        rule = _options(ctx, section, name, driven, phrase_key=name)
+        rule = _options(ctx, section, name, driven, min_window_s=min_window_s, phrase_key=name)
         return (rule, section.at(name), section.entries[name][0]) if rule else None
     section = Section(ctx, node, path, STRUCTURED_KEYS, required=("name",))
     name_node = section.node("name")
@@ -132,16 +136,23 @@ def _read_alert(
         name = None
     if name is None or name_node is None:
         return None
-    rule = _options(ctx, section, name, driven)
+    rule = _options(ctx, section, name, driven, min_window_s=min_window_s)
     return (rule, section.at("name"), name_node) if rule else None
 
 
 def _named(
-    ctx: Ctx, path: str, name: str, value: yaml.Node, driven: frozenset[str]
+    ctx: Ctx,
+    path: str,
+    name: str,
+    value: yaml.Node,
+    driven: frozenset[str],
+    *,
+    min_window_s: float,
 ) -> AlertRuleSpec | None:
     """``name: "phrase"`` or ``name: {options}``."""
     if isinstance(value, yaml.MappingNode):
-        return _options(ctx, Section(ctx, value, path, _OPTION_KEYS), name, driven)
+        section = Section(ctx, value, path, _OPTION_KEYS)
+        return _options(ctx, section, name, driven, min_window_s=min_window_s)
     phrase = as_str(ctx, value, path) if not is_null(value) else None
     if phrase is None:
         if is_null(value):
@@ -155,7 +166,13 @@ def _named(
 
 
 def _options(
-    ctx: Ctx, s: Section, name: str, driven: frozenset[str], phrase_key: str = "phrase"
+    ctx: Ctx,
+    s: Section,
+    name: str,
+    driven: frozenset[str],
+    *,
+    min_window_s: float = 0.0,
+    phrase_key: str = "phrase",
 ) -> AlertRuleSpec | None:
     """The structured form: a phrase or a kind, then the common options."""
     if not s.ok:
@@ -165,6 +182,14 @@ def _options(
         return None
     for_s = s.duration("for", base.for_s, maximum=30 * 86400.0)
     window_s = s.duration("window", base.window_s, above_zero=True)
+    if s.has("window") and window_s is not None and window_s < min_window_s:
+        ctx.add(
+            s.at("window"),
+            s.node("window"),
+            f"window {window_s:g} s is shorter than two stats intervals ({min_window_s:g} s):"
+            " some evaluations would see no interval record and judge nothing;"
+            " lengthen the window or shorten sampling.stats_interval",
+        )
     severity = s.read("severity", base.severity, lambda n, p: _severity(ctx, n, p))
     labels = s.read("labels", base.labels, lambda n, p: _pairs(ctx, n, p, _label_key))
     annotations = s.read(

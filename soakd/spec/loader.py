@@ -117,7 +117,13 @@ def _read_spec(ctx: Ctx, root: yaml.Node) -> Spec:
         consolidation=workload.consolidation,
         monitoring=read_monitoring(ctx, top.present("monitoring")),
         alerts=with_implicit_rules(
-            read_alerts(ctx, top.present("alerts"), driven), sampling.min_free_disk_bytes
+            read_alerts(
+                ctx,
+                top.present("alerts"),
+                driven,
+                min_window_s=2.0 * sampling.stats_interval_s,
+            ),
+            sampling.min_free_disk_bytes,
         ),
         receivers=read_receivers(ctx, top.present("receivers")),
         target=read_target(ctx, top.present("target")),

@@ -337,3 +337,38 @@ def test_problem_flood_is_capped() -> None:
     found = problems(HEAD + junk)
     assert len(found) == 101
     assert found[-1].message == "400 more problem(s) not listed"
+
+
+def test_a_rule_window_shorter_than_two_stats_intervals_is_refused_with_its_path() -> None:
+    """window 10 s with 10 s stats intervals: some evaluations would see no record at all."""
+    found = only(
+        HEAD
+        + """\
+alerts:
+  - spread_errors: {phrase: "store error rate >50%", window: 10s}
+"""
+    )
+    assert (found.path, found.line) == ("alerts[0].spread_errors.window", 6)
+    assert "two stats intervals (20 s)" in found.message
+    structured = only(
+        HEAD
+        + """\
+sampling: {stats_interval: 5s}
+alerts:
+  - {name: errs, kind: error_rate, threshold: 0.5, window: 9s}
+"""
+    )
+    assert structured.path == "alerts[0].window" and "(10 s)" in structured.message
+
+
+def test_a_rule_window_of_two_stats_intervals_is_accepted() -> None:
+    """The bound itself is fine, and a shorter stats interval allows a shorter window."""
+    spec = load_spec_text(
+        HEAD + 'alerts:\n  - spread_errors: {phrase: "store error rate >50%", window: 20s}\n'
+    )
+    assert spec.alerts[0].window_s == 20.0
+    spec = load_spec_text(
+        HEAD + "sampling: {stats_interval: 2s}\n"
+        'alerts:\n  - e: {phrase: "store error rate >50%", window: 4s}\n'
+    )
+    assert spec.alerts[0].window_s == 4.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import signal
 import sqlite3
@@ -37,7 +38,7 @@ from soakd.engram import EngramClient
 from soakd.errors import ExitCode, StartupError
 from soakd.exporter import Exporter
 from soakd.integrity import IntegrityChecker
-from soakd.model import Alert, Clock, Event, Op, OpResult, Sample
+from soakd.model import Alert, AlertState, AlertTransition, Clock, Event, Op, OpResult, Sample
 from soakd.progress import build_status, progress_line
 from soakd.report import (
     ReportExtras,
@@ -54,7 +55,7 @@ from soakd.scheduler import FireFn, Scheduler, Timeline
 from soakd.spec.model import OperationSpec, RecallOptions, Spec, SpreadOptions
 from soakd.stats import OpSummary, StatsHub
 from soakd.statusview import status_line
-from soakd.store import Batch
+from soakd.store import Batch, write_alerts
 from soakd.systemd import Notifier
 from soakd.target import ProcessId, PsutilTable, Target
 from soakd.workload import Workload, space_names
@@ -76,6 +77,8 @@ FINAL_FLUSH_S = 10.0
 MAX_UNWRITTEN_SAMPLES = 3600
 MAX_UNWRITTEN_INTERVALS = 1000
 MAX_UNWRITTEN_EVENTS = 1000
+#: Alert transitions kept while their commit keeps failing (a few per state change).
+MAX_UNCOMMITTED_ALERTS = 10_000
 #: A 7-day report takes ~10-20 s; this only guards against a hang.
 REPORT_TIMEOUT_S = 600.0
 DISK_LOG_EVERY_NS = 60 * 10**9
@@ -128,6 +131,13 @@ class Daemon:
         self._last_sample: Sample | None = None
         self._adopted: ProcessId | None = None  # a launched target kept across a resume
         self._store_failing = False  # the last write failed (disk full): retrying
+        # One writer: flushes run one at a time, each taking its batch and its
+        # absolute counters inside the lock, so a later flush never lands first.
+        self._flush_lock = asyncio.Lock()
+        # Alert transitions whose commit (states + history + outbox rows, one
+        # transaction) failed: kept, in order, and committed before any newer one.
+        self._uncommitted: list[AlertTransition] = []
+        self._alert_lock = asyncio.Lock()
         self._disk_logged_ns = 0
         self._summaries: dict[Op, OpSummary] = {}  # whole-run figures as of the last roll
         # Per-space memory counts as Engram last reported them, and our ok
@@ -629,6 +639,10 @@ class Daemon:
 
     async def _flush(self) -> bool:
         """Write what accumulated; on a store failure keep it (bounded) for the next try."""
+        async with self._flush_lock:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> bool:
         self._batch.counters.update(self._counters())
         # The read-backs not yet judged, with the counters they match: a resumed
         # run checks them instead of forgetting the last writes before a restart.
@@ -707,20 +721,37 @@ class Daemon:
             rules=self.spec.alerts,
         )
         # ~70 ms of histogram decoding on a 7-day window: off the loop.
-        transitions = await asyncio.to_thread(self.engine.evaluate, inputs)
-        self._alerts = self.engine.current()
-        self._exporter.set_alerts(self._alerts)
-        if transitions:
+        async with self._alert_lock:
+            transitions = await asyncio.to_thread(self.engine.evaluate, inputs)
+            self._alerts = self.engine.current()
+            self._exporter.set_alerts(self._alerts)
             for t in transitions:
                 log.warning("alert", rule=t.rule, state=t.new.value, summary=t.summary)
-            self._batch.alert_transitions.extend(transitions)
-            self._batch.alert_states = list(self._alerts)
-            try:
-                await asyncio.to_thread(self.dispatcher.submit, transitions, self._alerts)
-            except (sqlite3.Error, OSError) as exc:
-                # Disk full: the transitions are in the batch (kept in memory)
-                # and the engine re-submits firing alerts; say it once.
-                self._disk_trouble("alert_outbox_not_written", exc)
+            self._uncommitted = bounded_uncommitted([*self._uncommitted, *transitions])
+            if self._uncommitted:
+                await self._commit_alerts()
+
+    async def _commit_alerts(self) -> None:
+        """Commit the alert states, their history and their outbox rows in one transaction.
+
+        Only a committed transition is ever notified (the dispatcher sends from
+        the outbox) and a resumed soakd restores exactly the committed states.
+        A failed commit (disk full) keeps the transitions for the next
+        evaluation: the outbox ignores a row it already holds, so a retry
+        never queues a page twice, and a page is never dropped.
+        """
+        pending, states = list(self._uncommitted), list(self._alerts)
+        try:
+            await asyncio.to_thread(
+                self.dispatcher.submit,
+                pending,
+                states,
+                record=functools.partial(write_alerts, transitions=pending, states=states),
+            )
+        except (sqlite3.Error, OSError) as exc:
+            self._disk_trouble("alert_commit_failed", exc, kept=len(pending))
+            return
+        del self._uncommitted[: len(pending)]
 
     async def _progress(self) -> None:
         elapsed = self.clock.wall() - self.opened.info.started_at
@@ -906,6 +937,27 @@ class Daemon:
             integrity=(self.integrity.checked, self.integrity.lost, self.integrity.corrupted),
             running=not self._stop.is_set(),
         )
+
+
+def bounded_uncommitted(transitions: list[AlertTransition]) -> list[AlertTransition]:
+    """At most MAX_UNCOMMITTED_ALERTS transitions; the ones that notify are kept first.
+
+    Only a disk full for a long time with flapping rules gets here: the
+    pending/inactive steps (never notified) go first, oldest first, and a
+    firing or resolved one only when nothing else is left to drop.
+    """
+    excess = len(transitions) - MAX_UNCOMMITTED_ALERTS
+    if excess <= 0:
+        return transitions
+    notifying = [t.new is AlertState.FIRING or t.old is AlertState.FIRING for t in transitions]
+    drop: set[int] = set()
+    for i, notifies in enumerate(notifying):
+        if len(drop) >= excess:
+            break
+        if not notifies:
+            drop.add(i)
+    kept = [t for i, t in enumerate(transitions) if i not in drop]
+    return kept[len(kept) - MAX_UNCOMMITTED_ALERTS :]
 
 
 def adoptable_target(opened: OpenedRun) -> ProcessId | None:

@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,8 +113,20 @@ class Dispatcher:
 
     # -- submitting (blocking) -------------------------------------------------------
 
-    def submit(self, transitions: Sequence[AlertTransition], current: Sequence[Alert]) -> None:
-        """Queue a notification per receiver for each firing/resolved transition (BLOCKING)."""
+    def submit(
+        self,
+        transitions: Sequence[AlertTransition],
+        current: Sequence[Alert],
+        *,
+        record: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Queue a notification per receiver for each firing/resolved transition (BLOCKING).
+
+        ``record`` runs in the same transaction (the alert states and history):
+        a notification is never durable without the state change it reports,
+        nor the state change without its notification. Raises the SQLite or OS
+        error when that transaction cannot commit; then nothing was written.
+        """
         now = self._clock.wall()
         by_fp = {fingerprint(self._labels(a.rule, a.labels, a.severity)): a for a in current}
         items: list[Enqueue] = []
@@ -127,9 +140,11 @@ class Dispatcher:
             items.extend(
                 Enqueue(s.receiver.name, f"{s.receiver.name}|{key}", snap) for s in self._states
             )
+        if not active and record is None:
+            return
+        added = self._outbox.submit(items, active, now, also=record)
         if not active:
             return
-        added = self._outbox.submit(items, active, now)
         log.info("alerts_queued", notifications=added, alerts=len(active))
         self._wake_all()
 

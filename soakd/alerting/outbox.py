@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,13 +86,24 @@ class Outbox:
         with self._lock:
             self._conn.close()
 
-    def submit(self, items: Sequence[Enqueue], active: Sequence[AlertSnapshot], now: float) -> int:
+    def submit(
+        self,
+        items: Sequence[Enqueue],
+        active: Sequence[AlertSnapshot],
+        now: float,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> int:
         """Add notifications and update the active set in one transaction; returns rows added.
 
-        A notification whose ``dedup`` is already there (the same transition
-        submitted twice) is ignored.
+        ``also`` writes more in the same transaction (the daemon: the alert
+        states and history these rows notify), so either all of it is durable
+        or none of it is. A notification whose ``dedup`` is already there (the
+        same transition submitted twice, e.g. retried after a failed commit)
+        is ignored.
         """
         with self._lock, self._conn:
+            if also is not None:
+                also(self._conn)
             before = self._conn.total_changes
             self._conn.executemany(
                 "INSERT OR IGNORE INTO outbox_items (receiver, dedup, fingerprint, status, alert,"

@@ -189,6 +189,18 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self._keep_alive and not self.closed and self._state == _IDLE and not self._buf
 
+    @property
+    def usable(self) -> bool:
+        """Still open, as far as this side knows, and idle: a request may be written on it."""
+        transport = self.transport
+        return (
+            not self.closed
+            and transport is not None
+            and not transport.is_closing()
+            and self._state == _IDLE
+            and not self._buf
+        )
+
     def abort(self) -> None:
         """Close at once; whoever waits on this connection is not told (they gave up)."""
         self._state = _IDLE
@@ -506,11 +518,17 @@ class HttpPool:
         self, data: bytes, deadline: float, sent_ns: int, pending: _Pending, then: ThenHook
     ) -> None:
         """The slow path: wait for a pooled connection (or open one), then send."""
-        try:
-            conn = await self._acquire(deadline)
-        except Exception as exc:
-            self._deliver(pending, then, self._failed(sent_ns, exc))
-            return
+        while True:
+            try:
+                conn = await self._acquire(deadline)
+            except Exception as exc:
+                self._deliver(pending, then, self._failed(sent_ns, exc))
+                return
+            if conn.usable:
+                break
+            # Handed over open, closed (a reset, the target going down) before
+            # this task ran: nothing was sent on it, so take another one. Its
+            # slot is freed by connection_lost (now, or when the close lands).
         if pending.done():  # cancelled as the connection arrived: pass it on
             self._release(conn)
             return
@@ -549,7 +567,7 @@ class HttpPool:
         idle = self._idle
         while idle:
             conn = idle.pop()  # most recently used first: its peer surely still has it open
-            if conn.closed:
+            if not conn.usable:
                 continue
             if now - conn.idle_since > self._idle_timeout:
                 conn.abort()

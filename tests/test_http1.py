@@ -157,6 +157,35 @@ async def test_connection_close_and_server_hangup_open_a_new_connection() -> Non
     assert srv.connections == 2
 
 
+async def test_a_connection_reset_after_its_hand_over_is_not_sent_on() -> None:
+    """A queued request handed a connection that is reset before it runs takes a new one.
+
+    Issue 18: ``_release`` gave the connection to the oldest waiter; a reset
+    landing before that waiter ran (a target going down) made its request fail
+    (or wait out its timeout) on a connection nothing had been sent on.
+    """
+    release = asyncio.Event()
+    async with RawServer(gated(release, first_only=True)) as srv:
+        p = pool(srv.url, max_connections=1)
+
+        def reset_after_answer(ex: object) -> None:
+            # Runs after the answer handed the connection to the waiter below.
+            for conn in list(p._all):
+                assert conn.transport is not None
+                conn.transport.abort()
+
+        first = p.start("GET", "/", then=reset_after_answer, timeout_s=5)
+        await async_wait_for(lambda: len(srv.heads) == 1, what="first request in flight")
+        queued = asyncio.create_task(p.request("GET", "/", timeout_s=5))
+        await async_wait_for(lambda: len(p._waiters) == 1, what="second request queued")
+        release.set()
+        await first
+        second = await queued
+        await p.close()
+    assert (second.status, second.failure) == (200, None)
+    assert srv.connections == 2 and len(srv.heads) == 2  # sent once, on the new connection
+
+
 async def test_idle_connections_past_the_idle_timeout_are_dropped() -> None:
     """A connection idle longer than idle_timeout_s is closed, not reused."""
     async with RawServer(fixed(OK_ANSWER)) as srv:

@@ -254,6 +254,7 @@ class Daemon:
             clock=self.clock,
             api_key=api_key,
             timeout_s=timeout_s,
+            op_timeouts={Op(o.operation): o.timeout_s for o in spec.operations},
             max_connections=spec.target.max_connections,
         )
         try:

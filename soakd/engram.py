@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -119,12 +119,16 @@ class EngramClient:
         clock: Clock,
         api_key: str | None = None,
         timeout_s: float = 30.0,
+        op_timeouts: Mapping[Op, float] | None = None,
         max_connections: int = 64,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._clock = clock
         self._timeout_s = timeout_s
+        # Each measured operation's own ``timeout`` from the spec; the others
+        # (read-backs, unmeasured calls) use ``timeout_s``.
+        self._op_timeouts = dict(op_timeouts or {})
         self._logged_types: set[str] = set()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # ``sent_ns`` is when the request went onto a connection, not when we
@@ -263,7 +267,12 @@ class EngramClient:
             memory_id=mid,
         )
         return self.begin(
-            "POST", "/api/v1/memories/remember", then=answered, space=req.space, body=req.body
+            "POST",
+            "/api/v1/memories/remember",
+            then=answered,
+            space=req.space,
+            body=req.body,
+            timeout_s=self._op_timeouts.get(Op.STORE),
         )
 
     def begin_recall(
@@ -272,14 +281,27 @@ class EngramClient:
         """``GET /api/v1/memories/recall`` with a pre-encoded query string."""
         answered = self._answered(Op.RECALL, req.space, intended_ns, then, _has_memories)
         target = f"/api/v1/memories/recall?{req.query_string}"
-        return self.begin("GET", target, then=answered, space=req.space)
+        return self.begin(
+            "GET",
+            target,
+            then=answered,
+            space=req.space,
+            timeout_s=self._op_timeouts.get(Op.RECALL),
+        )
 
     def begin_spread(
         self, req: SpreadRequest, intended_ns: int, then: ResultHook
     ) -> asyncio.Future[None]:
         """``POST /api/v1/query`` with a SPREAD query (body and header name the same space)."""
         answered = self._answered(Op.SPREAD, req.space, intended_ns, then, _has_episodes)
-        return self.begin("POST", "/api/v1/query", then=answered, space=req.space, body=req.body)
+        return self.begin(
+            "POST",
+            "/api/v1/query",
+            then=answered,
+            space=req.space,
+            body=req.body,
+            timeout_s=self._op_timeouts.get(Op.SPREAD),
+        )
 
     def _answered(
         self,

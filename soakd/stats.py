@@ -621,15 +621,24 @@ class StatsHub:
     def restore(self, records: Sequence[IntervalRecord], started_wall: float) -> None:
         """Seed the totals from stored records after a resume; the next interval starts now.
 
+        Durations (and so achieved rates) count the stored records' time plus
+        the time from now on, never the gap (at most ``now - started_wall``).
+
         Called before any roll; it raises while a roll is in flight, because the
         worker owns the totals then.
         """
         if self._inflight:
             raise RuntimeError("StatsHub.restore() while a roll is in flight")
+        ran: dict[Op, float] = {}
         for record in records:
             self._get(record.op).seed(record)
-        self._started_wall = started_wall
-        self._interval_start = self._clock.wall()
+            ran[record.op] = ran.get(record.op, 0.0) + max(0.0, record.end - record.start)
+        now = self._clock.wall()
+        # Rates are over time actually run: the stored intervals' widths, then
+        # from now on. The gap while soakd was down is not time it drove load.
+        ran_s = min(max(ran.values(), default=0.0), max(0.0, now - started_wall))
+        self._started_wall = now - ran_s
+        self._interval_start = now
 
 
 def merge_blobs(blobs: Iterable[bytes]) -> Histogram:

@@ -216,7 +216,11 @@ def test_undeclared_op_is_kept() -> None:
 
 
 def test_restore_seeds_totals_from_records() -> None:
-    """After restore(), totals include stored intervals and time since the original start."""
+    """After restore(), totals include stored intervals; the rate is over time actually run.
+
+    Issue 18: the duration used to run from the original start, so the time
+    soakd was down (100 s here) diluted the live achieved rate.
+    """
     clock = FakeClock(wall_start=5000.0)
     old = StatsHub([Op.RECALL], clock)
     for _ in range(4):
@@ -231,7 +235,8 @@ def test_restore_seeds_totals_from_records() -> None:
     clock.advance(10 * SEC)
     total = hub.totals(Op.RECALL)
     assert (total.count, total.dropped) == (5, 1)
-    assert total.duration_s == 120.0
+    assert total.duration_s == 20.0  # 10 s before the kill, 10 s since: not the gap
+    assert total.achieved_rate == 5 / 20.0
     assert total.service.max_ms == pytest.approx(40, rel=1e-3)
     assert hub.roll()[0].start == 5110.0
 

@@ -425,7 +425,7 @@ class Daemon:
         if self.spec.operation("spread") is None:
             return
         for i, _space in enumerate(self.workload.spaces):
-            req = self.workload.store(SEED_K_BASE + i)
+            req = self.workload.store(seed_k(self.opened.segment, i, len(self.workload.spaces)))
             r = await self.client.store(req, self.clock.monotonic_ns())
             if r.memory_id is not None:
                 self.workload.confirm_stored(req.space, r.memory_id)
@@ -938,6 +938,15 @@ class Daemon:
             integrity=(self.integrity.checked, self.integrity.lost, self.integrity.corrupted),
             running=not self._stop.is_set(),
         )
+
+
+def seed_k(segment: int, index: int, spaces: int) -> int:
+    """The k of the ``index``-th seed store of a run segment (0: the start, +1 per resume).
+
+    A memory ID is never reused: each resume seeds with ``spaces`` fresh ks
+    (consecutive, so one lands in every space), far above any measured k.
+    """
+    return SEED_K_BASE + segment * spaces + index
 
 
 def bounded_uncommitted(transitions: list[AlertTransition]) -> list[AlertTransition]:

@@ -1,0 +1,109 @@
+"""The daemon's paths into the run store (issue 18): one writer, fresh seed IDs, bounded retries."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+from soakd.daemon import (
+    MAX_UNCOMMITTED_ALERTS,
+    SEED_K_BASE,
+    Daemon,
+    RunOptions,
+    bounded_uncommitted,
+    seed_k,
+)
+from soakd.model import AlertState, AlertTransition, RunInfo
+from soakd.spec import load_spec_text
+from soakd.store import Batch, RunStore
+from soakd.testing import async_wait_for
+
+SPEC = "duration: 1m\nworkload:\n  - {operation: store, rate: 10}\n"
+
+
+class GatedStore(RunStore):
+    """A real run store whose first write is held (up to 1 s) until a second write starts.
+
+    That is the interleaving two unserialised flushes can take: the older batch
+    reaches SQLite last.
+    """
+
+    entered = threading.Event()
+    gate = threading.Event()
+    calls = 0
+
+    def write(self, batch: Batch) -> None:
+        type(self).calls += 1
+        if type(self).calls == 1:
+            self.entered.set()
+            self.gate.wait(1.0)
+        else:
+            self.gate.set()
+        super().write(batch)
+
+
+def _info() -> RunInfo:
+    return RunInfo(
+        run_id="r1",
+        spec_fingerprint="fp",
+        spec_text=SPEC,
+        started_at=1000.0,
+        planned_duration_s=60.0,
+        target_url="http://127.0.0.1:1",
+    )
+
+
+async def test_overlapping_flushes_never_write_older_counters_last(tmp_path: Path) -> None:
+    """Two flushes at once (the flush loop and an evaluation): the last counters win.
+
+    Issue 18: ``_flush`` ran from several tasks without a lock and writes
+    absolute counters, so the older of two overlapping flushes could land last
+    and move a counter (the next k of a schedule, integrity totals) backwards.
+    """
+    RunStore.create(tmp_path, _info()).close()
+    conn = RunStore.open(tmp_path)._conn
+    store = GatedStore(tmp_path, conn)
+    daemon = Daemon(RunOptions(spec=load_spec_text(SPEC), spec_text=SPEC, state_dir=tmp_path))
+    counter = itertools.count(1)
+    daemon.store = store
+    daemon._counters = lambda: {"next_k_store": next(counter)}  # type: ignore[method-assign]
+    daemon.integrity = SimpleNamespace(snapshot=lambda *_: None)  # type: ignore[assignment]
+    first = asyncio.create_task(daemon._flush())
+    await async_wait_for(store.entered.is_set, what="the first flush inside its write")
+    second = asyncio.create_task(daemon._flush())
+    assert all(await asyncio.gather(first, second))
+    assert store.counters()["next_k_store"] == 2
+    store.close()
+
+
+def test_seed_stores_of_every_segment_get_fresh_ids_in_every_space() -> None:
+    """Each resume (segment) seeds with new ks, one per space, never a measured k's range.
+
+    Issue 18: the seed stores used SEED_K_BASE + i on every resume, so the
+    same memory IDs were stored again, against the rule that an ID is never reused.
+    """
+    spaces = 3
+    seen: set[int] = set()
+    for segment in range(50):
+        ks = [seed_k(segment, i, spaces) for i in range(spaces)]
+        assert {k % spaces for k in ks} == set(range(spaces))
+        assert not seen & set(ks)
+        seen.update(ks)
+    assert min(seen) == SEED_K_BASE
+
+
+def _t(i: int, old: AlertState, new: AlertState) -> AlertTransition:
+    return AlertTransition(float(i), "r", {"i": str(i)}, old, new, None, "")
+
+
+def test_uncommitted_alert_transitions_stay_bounded_and_keep_the_pages() -> None:
+    """A disk full for long: what is never notified goes first; no page is dropped for it."""
+    quiet = [_t(i, AlertState.INACTIVE, AlertState.PENDING) for i in range(MAX_UNCOMMITTED_ALERTS)]
+    pages = [_t(-1, AlertState.PENDING, AlertState.FIRING)]
+    kept = bounded_uncommitted([*pages, *quiet, *pages])
+    assert len(kept) == MAX_UNCOMMITTED_ALERTS
+    assert kept[0] is pages[0] and kept[-1] is pages[0]
+    assert bounded_uncommitted(pages) == pages

@@ -27,6 +27,7 @@ class Notification:
     alertname: str
     fingerprint: str
     starts_at: str
+    ends_at: str
 
 
 class WebhookSink:
@@ -52,6 +53,7 @@ class WebhookSink:
                         str(a.get("labels", {}).get("alertname")),
                         str(a.get("fingerprint")),
                         str(a.get("startsAt")),
+                        str(a.get("endsAt")),
                     )
                     for a in body.get("alerts", [])
                 ]

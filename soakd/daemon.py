@@ -138,6 +138,7 @@ class Daemon:
         # transaction) failed: kept, in order, and committed before any newer one.
         self._uncommitted: list[AlertTransition] = []
         self._alert_lock = asyncio.Lock()
+        self._alerts_failing = False  # the last alert commit failed: retrying
         self._disk_logged_ns = 0
         self._summaries: dict[Op, OpSummary] = {}  # whole-run figures as of the last roll
         # Per-space memory counts as Engram last reported them, and our ok
@@ -750,9 +751,16 @@ class Daemon:
                 record=functools.partial(write_alerts, transitions=pending, states=states),
             )
         except (sqlite3.Error, OSError) as exc:
-            self._disk_trouble("alert_commit_failed", exc, kept=len(pending))
+            # Said once per failing streak, whatever else the full disk logged:
+            # these are pages on hold, on-call must be able to see it.
+            if not self._alerts_failing:
+                self._alerts_failing = True
+                log.error("alert_commit_failed", error=str(exc), kept=len(pending))
             return
         del self._uncommitted[: len(pending)]
+        if self._alerts_failing:
+            self._alerts_failing = False
+            log.info("alert_commit_recovered", committed=len(pending))
 
     async def _progress(self) -> None:
         elapsed = self.clock.wall() - self.opened.info.started_at

@@ -125,15 +125,13 @@ def test_a_page_whose_commit_hit_a_full_disk_goes_out_once_the_disk_frees(
 
         wait_for(fired, timeout_s=30, what="the alert to fire on a full disk")
         wait_for(
-            lambda: (
-                _log_events(err, "alert_commit_failed")
-                or _log_events(err, "alert_outbox_not_written")
-            ),
+            lambda: _log_events(err, "alert_commit_failed"),
             timeout_s=10,
             what="the failed commit to be logged",
         )
         assert sink.notifications(ALERT) == [], "a page went out without its commit"
         filler.unlink()
+        wait_for(lambda: _log_events(err, "alert_commit_recovered"), timeout_s=40, what="retry")
         wait_for(
             lambda: sink.notifications(ALERT), timeout_s=40, what="the page after the disk freed"
         )

@@ -29,7 +29,7 @@ import pytest
 from webhook_sink import Notification, WebhookSink, receivers_yaml
 
 from soakd.model import AlertState
-from soakd.store import RunStore
+from soakd.store import SCHEMA_VERSION, RunStore
 from soakd.testing import free_port, soak_spec, wait_for
 
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
@@ -192,3 +192,19 @@ def test_a_state_dir_of_the_previous_soakd_resumes(tmp_path: Path, spawn: Spawn)
     finally:
         store.close()
     assert json.loads((state / "report.json").read_text())["run_id"] == run_id
+
+
+def test_a_state_dir_of_a_newer_soakd_is_refused_with_exit_3(tmp_path: Path, spawn: Spawn) -> None:
+    """A run store whose schema is newer than this code: exit 3, both versions named."""
+    state, err = tmp_path / "state", tmp_path / "stderr"
+    state.mkdir()
+    shutil.copy(FIXTURE / "run.sqlite", state / "run.sqlite")
+    conn = sqlite3.connect(state / "run.sqlite")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    conn.close()
+    proc = spawn(["run", str(FIXTURE / "spec.yaml"), "--state-dir", str(state)], err)
+    proc.wait(timeout=60)
+    text = err.read_text()
+    assert proc.returncode == 3, text[-2000:]
+    assert f"schema {SCHEMA_VERSION + 5}, written by a newer soakd" in text
+    assert f"up to {SCHEMA_VERSION}" in text and "Traceback" not in text

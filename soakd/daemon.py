@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import json
 import signal
@@ -685,7 +686,7 @@ class Daemon:
         if now - self._disk_logged_ns < DISK_LOG_EVERY_NS and self._disk_logged_ns:
             return False
         self._disk_logged_ns = now
-        log.error(what, error=str(exc), hint="is the state dir's disk full?", **kw)
+        log.error(what, error=str(exc), hint=storage_hint(exc), **kw)
         return True
 
     def _keep_unwritten(self, batch: Batch) -> None:
@@ -946,6 +947,19 @@ class Daemon:
             integrity=(self.integrity.checked, self.integrity.lost, self.integrity.corrupted),
             running=not self._stop.is_set(),
         )
+
+
+def storage_hint(exc: BaseException) -> str:
+    """What to check for a failed store write: the disk only when the error says so.
+
+    A schema mismatch blamed on the disk (issue 18) sends on-call to the wrong place.
+    """
+    text = str(exc).lower()
+    if "full" in text or "no space" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+        return "is the state dir's disk full?"
+    if "disk i/o" in text or isinstance(exc, OSError):
+        return "the state dir's disk failed an I/O: check the device and kernel log"
+    return "the run store refused the write: this is a soakd bug, please report it"
 
 
 def seed_k(segment: int, index: int, spaces: int) -> int:

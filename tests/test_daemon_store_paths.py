@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
+import sqlite3
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +17,7 @@ from soakd.daemon import (
     RunOptions,
     bounded_uncommitted,
     seed_k,
+    storage_hint,
 )
 from soakd.model import AlertState, AlertTransition, RunInfo
 from soakd.spec import load_spec_text
@@ -107,3 +110,12 @@ def test_uncommitted_alert_transitions_stay_bounded_and_keep_the_pages() -> None
     assert len(kept) == MAX_UNCOMMITTED_ALERTS
     assert kept[0] is pages[0] and kept[-1] is pages[0]
     assert bounded_uncommitted(pages) == pages
+
+
+def test_only_a_full_disk_is_blamed_on_the_disk() -> None:
+    """A failed write names the disk only when SQLite or the OS says it is full (issue 18)."""
+    assert "disk full" in storage_hint(sqlite3.OperationalError("database or disk is full"))
+    assert "disk full" in storage_hint(OSError(errno.ENOSPC, "No space left on device"))
+    wrong = storage_hint(sqlite3.OperationalError("table samples has 16 columns but 20 values"))
+    assert "disk" not in wrong and "bug" in wrong
+    assert "I/O" in storage_hint(sqlite3.OperationalError("disk I/O error"))

@@ -49,7 +49,7 @@ from soakd.report import (
     write_reports,
     write_reports_subprocess,
 )
-from soakd.rules import AlertEngine, gather_inputs
+from soakd.rules import AlertEngine, RuleInputs, gather_inputs
 from soakd.runstate import NEXT_K, OpenedRun, open_run
 from soakd.sampler import Sampler
 from soakd.scheduler import FireFn, Scheduler, Timeline
@@ -140,6 +140,7 @@ class Daemon:
         self._uncommitted: list[AlertTransition] = []
         self._alert_lock = asyncio.Lock()
         self._alerts_failing = False  # the last alert commit failed: retrying
+        self._judging: asyncio.Future[None] | None = None  # the last evaluation's step + commit
         self._disk_logged_ns = 0
         self._summaries: dict[Op, OpSummary] = {}  # whole-run figures as of the last roll
         # Per-space memory counts as Engram last reported them, and our ok
@@ -723,16 +724,27 @@ class Daemon:
             integrity_corrupted=self.integrity.corrupted,
             rules=self.spec.alerts,
         )
-        # ~70 ms of histogram decoding on a 7-day window: off the loop.
+        # Judging and committing run as a task of their own, shielded: the rules
+        # loop is cancelled at shutdown, and a cancel between the engine's step
+        # (in a thread, it completes anyway) and the commit would drop the
+        # transitions it made, or leave a commit done but not known. The next
+        # evaluation (the final one) waits for it first.
         async with self._alert_lock:
-            transitions = await asyncio.to_thread(self.engine.evaluate, inputs)
-            self._alerts = self.engine.current()
-            self._exporter.set_alerts(self._alerts)
-            for t in transitions:
-                log.warning("alert", rule=t.rule, state=t.new.value, summary=t.summary)
-            self._uncommitted = bounded_uncommitted([*self._uncommitted, *transitions])
-            if self._uncommitted:
-                await self._commit_alerts()
+            if self._judging is not None and not self._judging.done():
+                await asyncio.wait((self._judging,))
+            self._judging = asyncio.ensure_future(self._judge(inputs))
+            await asyncio.shield(self._judging)
+
+    async def _judge(self, inputs: RuleInputs) -> None:
+        # ~70 ms of histogram decoding on a 7-day window: off the loop.
+        transitions = await asyncio.to_thread(self.engine.evaluate, inputs)
+        self._alerts = self.engine.current()
+        self._exporter.set_alerts(self._alerts)
+        for t in transitions:
+            log.warning("alert", rule=t.rule, state=t.new.value, summary=t.summary)
+        self._uncommitted = bounded_uncommitted([*self._uncommitted, *transitions])
+        if self._uncommitted:
+            await self._commit_alerts()
 
     async def _commit_alerts(self) -> None:
         """Commit the alert states, their history and their outbox rows in one transaction.

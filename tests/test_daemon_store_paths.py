@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from soakd.alerting import Dispatcher
 from soakd.daemon import (
     MAX_UNCOMMITTED_ALERTS,
     SEED_K_BASE,
@@ -19,11 +22,14 @@ from soakd.daemon import (
     seed_k,
     storage_hint,
 )
-from soakd.model import AlertState, AlertTransition, RunInfo
+from soakd.model import AlertState, AlertTransition, Event, RunInfo
+from soakd.rules import AlertEngine, RuleInputs
 from soakd.spec import load_spec_text
+from soakd.spec.model import AlertKind, AlertRuleSpec
 from soakd.store import Batch, RunStore
 from soakd.testing import async_wait_for
 
+CRASH = AlertRuleSpec("crash", AlertKind.CRASH, 0.0)
 SPEC = "duration: 1m\nworkload:\n  - {operation: store, rate: 10}\n"
 
 
@@ -119,3 +125,54 @@ def test_only_a_full_disk_is_blamed_on_the_disk() -> None:
     wrong = storage_hint(sqlite3.OperationalError("table samples has 16 columns but 20 values"))
     assert "disk" not in wrong and "bug" in wrong
     assert "I/O" in storage_hint(sqlite3.OperationalError("disk I/O error"))
+
+
+class HeldEngine(AlertEngine):
+    """A real engine whose evaluation waits (in its thread) until the test lets it go on."""
+
+    entered = threading.Event()
+    proceed = threading.Event()
+
+    def evaluate(self, inputs: RuleInputs) -> list[AlertTransition]:
+        self.entered.set()
+        self.proceed.wait(5.0)
+        return super().evaluate(inputs)
+
+
+async def test_an_evaluation_cancelled_mid_way_still_commits_its_transitions(
+    tmp_path: Path,
+) -> None:
+    """The rules loop cancelled at shutdown while the engine steps: the page is not lost.
+
+    The engine's step runs in a thread and completes anyway; before, the
+    transitions it returned to a cancelled caller were dropped, and the final
+    evaluation saw firing -> firing (no transition): the page never went out.
+    """
+    spec = load_spec_text(SPEC)
+    store = RunStore.create(tmp_path, _info())
+    store.write(Batch(events=[Event(time.time(), "target_crash", "exit -9")]))
+    daemon = Daemon(RunOptions(spec=spec, spec_text=SPEC, state_dir=tmp_path))
+    daemon.store = store
+    daemon.engine = HeldEngine([CRASH], base_labels={"run_id": "r1"})
+    daemon.dispatcher = Dispatcher(
+        [], db_path=store.db_path, base_labels={}, generator_url="", clock=daemon.clock
+    )
+    daemon.integrity = SimpleNamespace(lost=0, corrupted=0)  # type: ignore[assignment]
+    daemon._exporter = SimpleNamespace(set_alerts=lambda alerts: None)  # type: ignore[assignment]
+
+    async def no_flush() -> bool:
+        return True
+
+    daemon._flush = no_flush  # type: ignore[method-assign]
+    cancelled = asyncio.create_task(daemon._evaluate())
+    await async_wait_for(HeldEngine.entered.is_set, what="the engine stepping")
+    cancelled.cancel()
+    HeldEngine.proceed.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cancelled
+    await daemon._evaluate()  # the final evaluation
+    firing = [t for t in store.alert_history() if t.new is AlertState.FIRING]
+    assert [t.rule for t in firing] == ["crash"]
+    assert [a.state for a in store.alert_states() if a.rule == "crash"] == [AlertState.FIRING]
+    daemon.dispatcher.close()
+    store.close()

@@ -122,7 +122,8 @@ class Outbox:
             )
             added = self._conn.total_changes - before
             self._conn.executemany(
-                "INSERT INTO outbox_active VALUES (?, ?, ?, ?) ON CONFLICT(fingerprint) DO UPDATE"
+                "INSERT INTO outbox_active (fingerprint, alert, resolved_at, updated)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(fingerprint) DO UPDATE"
                 " SET alert = excluded.alert, resolved_at = excluded.resolved_at,"
                 " updated = excluded.updated",
                 [(a.fingerprint, a.to_json(), a.ends_at, now) for a in active],
@@ -215,6 +216,11 @@ class Outbox:
     def dump(self) -> list[tuple[object, ...]]:
         """Every outbox row, every column (for tests and ``soakd status``)."""
         with self._lock:
-            items = self._conn.execute("SELECT * FROM outbox_items ORDER BY id").fetchall()
-            active = self._conn.execute("SELECT * FROM outbox_active").fetchall()
+            items = self._conn.execute(
+                "SELECT id, receiver, dedup, fingerprint, status, alert, created, attempts,"
+                " last_attempt, last_error, delivered, failed FROM outbox_items ORDER BY id"
+            ).fetchall()
+            active = self._conn.execute(
+                "SELECT fingerprint, alert, resolved_at, updated FROM outbox_active"
+            ).fetchall()
         return [*items, *active]

@@ -78,7 +78,10 @@ def open_run(
                 )
             store.close()
             _archive(state_dir, old)
-        elif old.spec_fingerprint != spec.fingerprint:
+        elif old.spec_fingerprint != spec.fingerprint and old.spec_text != spec_text:
+            # The same YAML text is the same plan even when this soakd parses it
+            # into a different model (a new default, a new implicit rule): only a
+            # changed spec is refused, not a changed soakd (issue 18).
             store.close()
             raise UsageError(
                 f"{state_dir} holds run {old.run_id} of a different spec "

@@ -95,7 +95,7 @@ def test_sigkill_right_after_the_first_page_pages_once(tmp_path: Path, spawn: Sp
             _spec(
                 free_port(),
                 sink.url,
-                "100s",
+                "105s",
                 "30s",
                 "sampling: {interval: 500ms, flush_interval: 500ms, stats_interval: 2s}",
             )
@@ -112,7 +112,8 @@ def test_sigkill_right_after_the_first_page_pages_once(tmp_path: Path, spawn: Sp
         text = err.read_text()
         assert resumed.returncode in (0, 1), text[-3000:]
         pages = sink.notifications(ALERT)
-    assert ran_s >= 80, f"the restarted soakd ran only {ran_s:.0f} s"
+    print(f"first page killed soakd within {delay_s * 1000:.0f} ms; restarted for {ran_s:.0f} s")
+    assert ran_s >= 85, f"the restarted soakd ran only {ran_s:.0f} s"
     firing = [n for n in pages if n.status == "firing"]
     _one_page(firing)
     assert [n for n in pages if n.status == "resolved"] == []

@@ -139,6 +139,9 @@ class TargetSpec:
     restart_max: int = 5
     restart_backoff_s: float = 1.0
     startup_timeout_s: float = 30.0
+    # Each set-up call (listing, creating a space) may take this long: Engram
+    # takes ~11 s per new space and serialises them (engram-api.md §7).
+    setup_timeout_s: float = 120.0
     # Connections soakd keeps to the target. A stalled server holds at most
     # this many requests "sent"; the rest wait for a connection, which counts
     # as schedule lag, so service time stays what a closed-loop client sees.

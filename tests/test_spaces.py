@@ -1,0 +1,80 @@
+"""Bringing the spaces up against a slow server (issue 17): a real reference target.
+
+The reference target's ``--space-create-time`` knob makes a new space take
+seconds, as Engram does (engram-api.md §7); existing ones answer at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import structlog
+
+from soakd.clock import SystemClock
+from soakd.engram import EngramClient
+from soakd.errors import ExitCode, StartupError
+from soakd.reference.harness import ReferenceProcess, start_reference_async
+from soakd.spaces import ensure_spaces
+from soakd.testing import free_port
+
+
+@pytest.fixture
+async def slow_ref() -> AsyncIterator[ReferenceProcess]:
+    """A reference target taking 1.5 s per new space, two at a time."""
+    ref = await start_reference_async("--space-create-time", "1.5s")
+    try:
+        yield ref
+    finally:
+        ref.stop()
+
+
+async def test_missing_spaces_are_created_concurrently_and_existing_ones_not_waited_for(
+    slow_ref: ReferenceProcess,
+) -> None:
+    """Four new spaces at 1.5 s each, two at a time, are up in ~3 s (not 6 s one by one);
+    each logs how long it took; a second pass lists them and creates nothing."""
+    spaces = ["space_01", "space_02", "space_03", "space_04"]
+    async with EngramClient(slow_ref.url, clock=SystemClock()) as client:
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+            await ensure_spaces(client, spaces, timeout_s=30.0, url=slow_ref.url)
+            first = time.monotonic() - started
+        ready = [e for e in logs if e["event"] == "space_ready"]
+        assert sorted(e["space"] for e in ready) == spaces
+        assert all(e["how"].startswith("created in ") for e in ready)
+        assert [e["ready"] for e in logs if e["event"] == "spaces_progress"] == [1, 2, 3, 4]
+        assert 2.9 <= first < 5.5
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+            await ensure_spaces(client, spaces, timeout_s=30.0, url=slow_ref.url)
+            second = time.monotonic() - started
+        assert second < 1.0
+        assert [e["how"] for e in logs if e["event"] == "space_ready"] == ["already there"] * 4
+
+
+async def test_a_creation_past_its_timeout_names_the_call_and_the_time(
+    slow_ref: ReferenceProcess,
+) -> None:
+    """1.5 s per space against a 0.5 s set-up timeout: StartupError (exit 3) saying which
+    call timed out after how long, never "answered 0"."""
+    async with EngramClient(slow_ref.url, clock=SystemClock()) as client:
+        with pytest.raises(StartupError) as info:
+            await ensure_spaces(client, ["space_01"], timeout_s=0.5, url=slow_ref.url)
+    message = str(info.value)
+    assert "POST /api/v1/spaces timed out after 0.5 s" in message
+    assert "space_01" in message and "answered 0" not in message
+    assert info.value.exit_code is ExitCode.STARTUP
+
+
+async def test_refused_connection_says_so() -> None:
+    """Nobody listening: the first set-up call fails with "connection refused"."""
+    url = f"http://127.0.0.1:{free_port()}"
+    async with EngramClient(url, clock=SystemClock()) as client:
+        with pytest.raises(StartupError) as info:
+            await ensure_spaces(client, ["space_01"], timeout_s=5.0, url=url)
+        assert await client.alive() is False
+        assert client.last_alive_problem == "GET /health/alive: connection refused"
+    assert "GET /api/v1/spaces: connection refused" in str(info.value)
+    assert "answered 0" not in str(info.value)

@@ -329,9 +329,7 @@ async def test_never_healthy_says_why_the_probe_failed(tmp_path: Path) -> None:
     target = make_target(spec, tmp_path, Recorder())
     async with EngramClient(spec.url, clock=SystemClock()) as client:
         with pytest.raises(StartupError) as err:
-            await target.wait_healthy(
-                client.alive, 0.5, why_not=lambda: client.last_alive_problem
-            )
+            await target.wait_healthy(client.alive, 0.5, why_not=lambda: client.last_alive_problem)
     assert "not healthy after 0.5s (GET /health/alive: connection refused)" in str(err.value)
 
 

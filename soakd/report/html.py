@@ -87,9 +87,9 @@ def _trend(m: ReportModel) -> Series | None:
     start = fit.flat_since if fit.flat_since is not None else m.started_at + m.memory.warmup_s
     mb_h = fit.judged_mb_per_h if fit.judged_mb_per_h is not None else fit.mb_per_h
     slope = mb_h * _MB / 3600.0
-    near = [
-        v for t, v in m.memory.rss_series if start <= t <= start + max(300.0, 0.05 * m.duration_s)
-    ]
+    # drawn over the series it was fitted to (anonymous memory = the heap line)
+    judged = m.memory.rss_series if fit.field == "rss_bytes" else m.memory.heap_series
+    near = [v for t, v in judged if start <= t <= start + max(300.0, 0.05 * m.duration_s)]
     y0 = statistics.median(near) if near else fit.baseline_bytes
     if y0 is None:
         return None
@@ -277,7 +277,7 @@ def _criteria_table(criteria: Sequence[Criterion]) -> str:
         cls, word = (
             ("na", "n/a")
             if not c.applicable
-            else (("pass", "PASS") if c.passed else ("fail", "FAIL"))
+            else (("pass", c.verdict_text) if c.passed else ("fail", "FAIL"))
         )
         meas = (
             "n/a"

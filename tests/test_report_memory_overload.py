@@ -15,8 +15,8 @@ from soakd.model import Sample
 from soakd.report import build_model
 from soakd.report import markdown as md
 from soakd.report.criteria import _explained, evaluate, memory_leak
-from soakd.report.model import Criterion
 from soakd.report.jsonreport import render as render_json
+from soakd.report.model import Criterion
 from soakd.report.synthetic import Knobs, make_run
 from soakd.rules import leak_fit
 from soakd.store import Batch

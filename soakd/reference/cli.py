@@ -251,6 +251,13 @@ OPTIONS = (
         "FAULT page cache: sparse file of this size mapped and read per space "
         "(RSS that is RssFile, not heap; e.g. 512M)",
     ),
+    Opt(
+        "--file-map-fill-time",
+        "ENGRAM_REF_FILE_MAP_FILL_TIME",
+        parse_duration_s,
+        "0",
+        "read each mapping through over this long instead of at once (RssFile keeps growing)",
+    ),
 )
 STOCK_ENV = "ENGRAM_REF_STOCK"
 
@@ -320,6 +327,7 @@ def _config(v: dict[str, Any], stock: bool) -> ServerConfig:
         space_create_s=v["space_create_time"],
         space_create_parallel=v["space_create_parallel"],
         file_map_bytes=v["file_map_size"],
+        file_map_fill_s=v["file_map_fill_time"],
     )
     consolidation = ConsolidationConfig(
         interval_s=max(0.01, v["consolidation_interval"]),

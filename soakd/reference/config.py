@@ -98,6 +98,7 @@ class FaultConfig:
     space_create_parallel: int = 2
     # A sparse file of this size mapped and read through per space (RssFile, not RssAnon).
     file_map_bytes: int = 0
+    file_map_fill_s: float = 0.0  # read the mapping through over this long (0: at once)
 
     def op(self, name: str) -> OpFaults:
         """Faults of one operation (none if not configured)."""

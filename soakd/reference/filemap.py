@@ -14,6 +14,7 @@ import contextlib
 import mmap
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import structlog
@@ -23,13 +24,18 @@ log = structlog.get_logger()
 #: madvise(MADV_POPULATE_READ) (Linux 5.14): faults every page in one call.
 _MADV_POPULATE_READ = 22
 _PAGE = mmap.PAGESIZE
+#: Read through this much at a time when filling gradually.
+_FILL_CHUNK = 16 * 1024 * 1024
 
 
 class FileMaps:
     """One sparse mapped file per space, kept until :meth:`close`."""
 
-    def __init__(self, size_bytes: int, directory: Path | None) -> None:
+    def __init__(self, size_bytes: int, directory: Path | None, fill_s: float = 0.0) -> None:
         self.size_bytes = size_bytes
+        # Spread the reading over this long (0: at once): page cache that keeps growing
+        # as a real server's touched warm tier does, while its heap stays flat.
+        self.fill_s = fill_s
         self._owned_dir: tempfile.TemporaryDirectory[str] | None = None
         if directory is None:
             self._owned_dir = tempfile.TemporaryDirectory(prefix="soakd-ref-warm-")
@@ -51,18 +57,26 @@ class FileMaps:
             mapped = mmap.mmap(fd, self.size_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
-        try:
-            mapped.madvise(_MADV_POPULATE_READ)
-        except OSError:  # an older kernel: touch one byte a page
-            for offset in range(0, self.size_bytes, _PAGE):
-                mapped[offset]
         self._maps[space_id] = mapped
+        chunks = range(0, self.size_bytes, _FILL_CHUNK)
+        pause_s = self.fill_s / max(1, len(chunks))
+        for start in chunks:
+            if self._maps.get(space_id) is not mapped:  # closed meanwhile: stop reading
+                return
+            length = min(_FILL_CHUNK, self.size_bytes - start)
+            try:
+                mapped.madvise(_MADV_POPULATE_READ, start, length)
+            except OSError:  # an older kernel: touch one byte a page
+                for offset in range(start, start + length, _PAGE):
+                    mapped[offset]
+            if pause_s > 0:
+                time.sleep(pause_s)  # a worker thread, never the event loop
         log.info("warm tier mapped", space=space_id, bytes=self.size_bytes)
 
     def close(self) -> None:
-        for mapped in self._maps.values():
+        maps, self._maps = list(self._maps.values()), {}
+        for mapped in maps:
             with contextlib.suppress(BufferError, ValueError):
                 mapped.close()
-        self._maps.clear()
         if self._owned_dir is not None:
             self._owned_dir.cleanup()

@@ -92,7 +92,7 @@ async def serve(config: ServerConfig, out: TextIO = sys.stdout) -> int:
     consolidator = Consolidator(
         config.consolidation, config.stock, started, random.Random(rng.random()), on_run
     )
-    maps = FileMaps(config.faults.file_map_bytes, data_dir)
+    maps = FileMaps(config.faults.file_map_bytes, data_dir, config.faults.file_map_fill_s)
     mapping: set[asyncio.Task[None]] = set()
 
     def on_create(space: MemorySpace) -> None:

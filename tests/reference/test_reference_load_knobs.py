@@ -84,6 +84,33 @@ def test_file_map_inflates_rss_file_not_anon(tmp_path: Path) -> None:
         assert sum(f.stat().st_blocks * 512 for f in files) < MIB
 
 
+def test_file_map_fill_time_makes_rss_file_grow_gradually(tmp_path: Path) -> None:
+    """--file-map-fill-time 4s: RssFile passes through a partly filled state on its way up
+    to the whole mapping (growing page cache, as a real server's warm tier)."""
+    size = 128 * MIB
+    with reference(
+        "--file-map-size", "128M", "--file-map-fill-time", "4s", "--data-dir", str(tmp_path)
+    ) as ref:
+        wait_for(
+            lambda: status_of(ref.pid)["file"] >= size,
+            timeout_s=60,
+            what="the default space's mapping read",
+        )
+        base = status_of(ref.pid)["file"]
+        assert create(ref, "sp_fill")[1] == 201
+        wait_for(
+            lambda: 0.1 * size < status_of(ref.pid)["file"] - base < 0.9 * size,
+            timeout_s=30,
+            interval_s=0.05,
+            what="the new space's mapping partly read",
+        )
+        wait_for(
+            lambda: status_of(ref.pid)["file"] - base >= 0.95 * size,
+            timeout_s=60,
+            what="the whole mapping read",
+        )
+
+
 def test_leak_per_store_is_anonymous_memory() -> None:
     """--leak-bytes-per-store 1000000: 40 stores grow RssAnon by >= 32 MB, RssFile barely."""
     with reference("--leak-bytes-per-store", "1000000") as ref:

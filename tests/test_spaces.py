@@ -78,3 +78,15 @@ async def test_refused_connection_says_so() -> None:
         assert client.last_alive_problem == "GET /health/alive: connection refused"
     assert "GET /api/v1/spaces: connection refused" in str(info.value)
     assert "answered 0" not in str(info.value)
+
+
+async def test_runtime_polls_log_their_failure_once_in_words() -> None:
+    """/api/v1/system/health against nobody: one engram_call_failed naming the call and
+    "connection refused", however often it is polled."""
+    refused = f"http://127.0.0.1:{free_port()}"
+    async with EngramClient(refused, clock=SystemClock()) as down:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                assert await down.memory_counts() is None
+    failed = [e for e in logs if e["event"] == "engram_call_failed"]
+    assert [e["problem"] for e in failed] == ["GET /api/v1/system/health: connection refused"]

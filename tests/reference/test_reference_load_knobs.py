@@ -72,11 +72,12 @@ def test_file_map_inflates_rss_file_not_anon(tmp_path: Path) -> None:
         before = status_of(ref.pid)
         for space in ("sp_1", "sp_2"):  # plus the default space
             assert create(ref, space)[1] == 201
-        after = wait_for(
-            lambda: (m := status_of(ref.pid))["file"] >= 3 * 192 * MIB and m,
+        wait_for(
+            lambda: status_of(ref.pid)["file"] >= 3 * 192 * MIB,
             timeout_s=60,
             what="three mapped files resident",
         )
+        after = status_of(ref.pid)
         assert after["anon"] - before["anon"] < 64 * MIB
         # sparse: the files take (almost) no disk
         files = list(tmp_path.glob("*/warm_tier.dat"))

@@ -15,6 +15,7 @@ from soakd.model import Sample
 from soakd.report import build_model
 from soakd.report import markdown as md
 from soakd.report.criteria import _explained, evaluate, memory_leak
+from soakd.report.html import render as render_html
 from soakd.report.jsonreport import render as render_json
 from soakd.report.model import Criterion
 from soakd.report.synthetic import Knobs, make_run
@@ -111,6 +112,8 @@ def test_dropped_arrivals_are_failures_and_fail_performance(tmp_path: Path) -> N
     text = md.render(model, tuple(crit.values()), "fail", "final")
     assert "Arrivals that got no response" in text
     assert "store 30.0% (" in text
+    page = render_html(model, tuple(crit.values()), "fail", "final")
+    assert "<td class=num>30.0%</td>" in page and "No response:" in page
     doc = json.loads(render_json(model, tuple(crit.values()), "fail", "final"))
     assert abs(doc["operations"]["store"]["no_response_share"] - 0.3) < 0.001
     assert doc["operations"]["store"]["failures"]["dropped"] == store_op.dropped

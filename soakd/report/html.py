@@ -298,12 +298,14 @@ def _criteria_table(criteria: Sequence[Criterion]) -> str:
 def _ops_table(m: ReportModel) -> str:
     head = (
         "<tr><th>op</th><th>target/s</th><th>achieved/s</th><th>requests</th><th>errors</th>"
-        "<th>dropped</th><th>p50</th><th>p99</th><th>p99.9</th><th>max</th><th>P99 drift</th></tr>"
+        "<th>dropped</th><th>no response</th><th>p50</th><th>p99</th><th>p99.9</th><th>max</th>"
+        "<th>P99 drift</th></tr>"
     )
     rows = [
         f"<tr><td>{_e(o.op)}</td><td class=num>{fmt.num(o.target_rate, 1)}</td>"
         f"<td class=num>{o.achieved_rate:.2f}</td><td class=num>{o.count:,}</td>"
         f"<td class=num>{o.error_total:,}</td><td class=num>{o.dropped:,}</td>"
+        f"<td class=num>{o.no_response_share:.1%}</td>"
         f"<td class=num>{fmt.ms(o.latency.p50_ms)}</td>"
         f"<td class=num>{fmt.ms(o.latency.p99_ms)}</td>"
         f"<td class=num>{fmt.ms(o.latency.p999_ms)}</td>"
@@ -311,7 +313,12 @@ def _ops_table(m: ReportModel) -> str:
         f"<td class=num>{fmt.num(o.drift_pct, 1)} %</td></tr>"
         for o in m.ops
     ]
-    return "<table>" + head + "".join(rows) + "</table>"
+    note = (
+        "<p>No response: the share of arrivals dropped because <code>max_in_flight</code> "
+        "requests were outstanding at the target (failures of class <code>dropped</code>); "
+        "their latency is in no percentile.</p>"
+    )
+    return "<table>" + head + "".join(rows) + "</table>" + note
 
 
 def render(m: ReportModel, criteria: Sequence[Criterion], verdict: str, kind: str) -> str:

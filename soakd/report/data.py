@@ -39,7 +39,7 @@ from soakd.report.timeline import (
 from soakd.rules.evaluate import leak_ceiling
 from soakd.rules.leak import LeakFit, leak_fit, memory_field
 from soakd.rules.windows import Windows, default_windows
-from soakd.spec.model import AlertKind, AlertRuleSpec, Spec
+from soakd.spec.model import AlertKind, AlertRuleSpec, MemorySeries, Spec
 
 log = structlog.get_logger()
 
@@ -148,7 +148,7 @@ def _memory(
     rss_fit: LeakFit | None = None
     # What the memory_leak rule judges (anonymous memory unless it chose RSS), so the
     # report's verdict and the page agree; total RSS is fitted too, for the reader.
-    series = rule.memory.value if rule is not None else "anon"
+    series = rule.memory if rule is not None else MemorySeries.ANON
     ceiling = leak_ceiling(rule)
     if scan.fit_samples:
         field_ = memory_field(scan.fit_samples, series)

@@ -108,7 +108,7 @@ def _leak(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResul
         now=inputs.now,
         min_span_s=w.leak_min_span_s,
         current_process_only=True,
-        field=memory_field(inputs.samples, rule.memory.value),
+        field=memory_field(inputs.samples, rule.memory),
         bytes_per_memory_ceiling=leak_ceiling(rule),
     )
     active, why = _leak_verdict(rule, fit, w)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from soakd.model import Sample
 from soakd.rules.fit import Line, fit_line
+from soakd.spec.model import MemorySeries
 
 #: Fewest samples a fit is made from.
 MIN_FIT_POINTS = 10
@@ -48,8 +49,7 @@ MEMORY_COST_BYTES = 768 * 4 + 1024 + 512
 #: while the data grows (allocator slack and caches stay well under it).
 LEAK_COST_FACTOR = 4.0
 BYTES_PER_MEMORY_CEILING = LEAK_COST_FACTOR * MEMORY_COST_BYTES
-#: Sample field of each memory series, and its name in words.
-_SERIES_FIELDS = {"anon": "rss_anon_bytes", "rss": "rss_bytes"}
+#: The name in words of each Sample field a leak fit may judge.
 SERIES_WORDS = {
     "rss_anon_bytes": "anonymous memory",
     "heap_bytes": "anonymous memory",
@@ -57,15 +57,15 @@ SERIES_WORDS = {
 }
 
 
-def memory_field(samples: Sequence[Sample], series: str) -> str:
-    """The Sample field that holds ``series`` ("anon" or "rss") in these samples.
+def memory_field(samples: Sequence[Sample], series: MemorySeries) -> str:
+    """The Sample field that holds ``series`` in these samples.
 
     Anonymous memory is ``rss_anon_bytes``; samples from before that field
     existed carry the same figure as ``heap_bytes`` (RssAnon). With neither, the
     fit falls back to RSS, and says so through the field it names.
     """
-    if series != "anon":
-        return _SERIES_FIELDS.get(series, "rss_bytes")
+    if series is MemorySeries.RSS:
+        return "rss_bytes"
     for name in ("rss_anon_bytes", "heap_bytes"):
         if any(getattr(s, name) is not None for s in samples):
             return name

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import structlog
 
-from soakd.engram import EngramClient, call_problem
+from soakd.engram import EngramClient, Exchange, call_problem
 from soakd.errors import StartupError
+from soakd.model import Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +28,15 @@ log = structlog.get_logger(__name__)
 #: waits for at most this many creations, so its timeout need not grow with
 #: the space count (docs/reference-target.md has the measured model).
 CREATE_CONCURRENCY = 4
+
+
+def _hint(ex: Exchange, url: str) -> str:
+    """What the user can do about a failed set-up call."""
+    if ex.failure is Outcome.TIMEOUT:
+        return "; if the server is only slow, raise target.setup_timeout"
+    if ex.failure is not None:
+        return f"; is the target running at {url}?"
+    return f"; is {url} an Engram server?"
 
 
 async def ensure_spaces(
@@ -37,7 +47,7 @@ async def ensure_spaces(
     if existing is None:
         problem = call_problem("GET", "/api/v1/spaces", ex, timeout_s)
         if ex.failure is not None:  # no answer: creating would fail the same way, slower
-            raise StartupError(f"{problem}; is {url} an Engram server?")
+            raise StartupError(f"{problem}{_hint(ex, url)}")
         # it answered, but not with a list: create-or-get is safe on every space
         log.warning("spaces_not_listed", problem=problem or "GET /api/v1/spaces: no 'spaces' list")
         existing = frozenset()
@@ -58,10 +68,7 @@ async def ensure_spaces(
             took = time.monotonic() - started
         problem = call_problem("POST", "/api/v1/spaces", ex, timeout_s)
         if problem is not None:
-            raise StartupError(
-                f"{problem} (creating space {space!r}; target.setup_timeout allows "
-                f"{timeout_s:g} s per call); is {url} an Engram server?"
-            )
+            raise StartupError(f"{problem} (creating space {space!r}){_hint(ex, url)}")
         done[0] += 1
         log.info("space_ready", space=space, how=f"created in {took:.1f} s")
         log.info("spaces_progress", ready=done[0], total=len(spaces))

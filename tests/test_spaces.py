@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import structlog
+from aiohttp import web
 
 from soakd.clock import SystemClock
 from soakd.engram import EngramClient
@@ -90,3 +91,38 @@ async def test_runtime_polls_log_their_failure_once_in_words() -> None:
                 assert await down.memory_counts() is None
     failed = [e for e in logs if e["event"] == "engram_call_failed"]
     assert [e["problem"] for e in failed] == ["GET /api/v1/system/health: connection refused"]
+
+
+async def test_an_error_answer_names_the_call_status_and_code() -> None:
+    """No space list (404) then a 503 to the creation: the warning says the list was
+    missing, and the start fails naming the call, the status and Engram's error code."""
+
+    async def listing(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="Not Found")
+
+    async def creating(request: web.Request) -> web.Response:
+        body = {"error": {"code": "SERVICE_UNAVAILABLE", "message": "busy"}}
+        return web.json_response(body, status=503)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/spaces", listing)
+    app.router.add_post("/api/v1/spaces", creating)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with EngramClient(url, clock=SystemClock()) as client:
+            with structlog.testing.capture_logs() as logs, pytest.raises(StartupError) as info:
+                await ensure_spaces(client, ["space_01"], timeout_s=5.0, url=url)
+    finally:
+        await runner.cleanup()
+    assert [e["problem"] for e in logs if e["event"] == "spaces_not_listed"] == [
+        "GET /api/v1/spaces answered HTTP 404"
+    ]
+    assert str(info.value).startswith(
+        "POST /api/v1/spaces answered HTTP 503 (SERVICE_UNAVAILABLE) (creating space 'space_01')"
+    )
+    assert f"is {url} an Engram server?" in str(info.value)

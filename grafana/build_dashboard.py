@@ -166,29 +166,40 @@ def run_row() -> Section:
     )
 
 
+ANON = "soakd_target_resident_anon_bytes"
+
+
 def memory_row() -> Section:
     rss = "soakd_target_resident_memory_bytes"
     memory = timeseries(
         "Engram memory: RSS and heap, with the RSS trend",
         "bytes",
-        f"RSS and anonymous (heap) memory of the target; the dashed line is the least-squares "
-        f"RSS trend over {TREND_WINDOW} (predict_linear), the leak alert's basis.",
+        f"RSS of the target and its parts: anonymous (heap, RssAnon: what can leak, the leak "
+        f"rule's basis) and file-backed (RssFile: page cache of mapped files, reclaimable); "
+        f"the dashed line is the least-squares RSS trend over {TREND_WINDOW} (predict_linear).",
         query(rss, "RSS", "A"),
         query("soakd_target_heap_bytes", "heap (anonymous)", "B"),
+        query("soakd_target_resident_file_bytes", "file-backed (RssFile)", "D"),
         query(f"predict_linear({rss}[{TREND_WINDOW}], 0)", f"RSS trend ({TREND_WINDOW} fit)", "C"),
     ).override_by_name(f"RSS trend ({TREND_WINDOW} fit)", [dashed()])
     growth = limit_line(
         timeseries(
             "RSS growth per day (leak alert > 10 %/day)",
             "percentunit",
-            "Slope of RSS as a fraction of RSS per day: Prometheus's deriv() and soakd's own "
-            "estimate. The dashed line is the plan's memory_leak limit.",
+            "Slope as a fraction per day: of RSS (Prometheus's deriv()), of anonymous memory "
+            "(what the leak alert judges) and soakd's own estimate. The dashed line is the "
+            "plan's memory_leak limit.",
             query(
                 f"deriv({rss}[{TREND_WINDOW}]) * 86400 / avg_over_time({rss}[{TREND_WINDOW}])",
                 "Prometheus deriv()",
                 "A",
             ),
             query("soakd_target_memory_growth_ratio_per_day", "soakd estimate", "B"),
+            query(
+                f"deriv({ANON}[{TREND_WINDOW}]) * 86400 / avg_over_time({ANON}[{TREND_WINDOW}])",
+                "anonymous memory deriv() (judged)",
+                "C",
+            ),
         ),
         0.10,
     )
@@ -312,8 +323,9 @@ def errors_row() -> Section:
     drops = timeseries(
         "Dropped and late arrivals",
         "reqps",
-        "Arrivals soakd dropped (max_in_flight reached) or sent late: non-zero means the "
-        "offered load was below the plan.",
+        "Arrivals dropped because max_in_flight requests were outstanding at the target (the "
+        "target is not keeping up: target_overloaded) or sent late because soakd's loop was "
+        "behind (soakd_saturated): non-zero means the offered load was below the plan.",
         query(f"sum by (op) (rate(soakd_dropped_arrivals_total[{RATE}]))", "{{op}} dropped", "A"),
         query(f"sum by (op) (rate(soakd_late_arrivals_total[{RATE}]))", "{{op}} late", "B"),
         width=8,

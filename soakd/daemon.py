@@ -53,6 +53,7 @@ from soakd.rules import AlertEngine, RuleInputs, gather_inputs
 from soakd.runstate import NEXT_K, OpenedRun, open_run
 from soakd.sampler import Sampler
 from soakd.scheduler import FireFn, Scheduler, Timeline
+from soakd.spaces import ensure_spaces
 from soakd.spec.model import OperationSpec, RecallOptions, Spec, SpreadOptions
 from soakd.stats import OpSummary, StatsHub
 from soakd.statusview import status_line
@@ -280,14 +281,17 @@ class Daemon:
                 hint="soakd drives the target but cannot sample it; "
                 "set target.pid, target.pid_file or target.systemd_unit",
             )
-        await self.target.wait_healthy(self.client.alive, spec.target.startup_timeout_s)
-        for space in space_names(spec.space_count):
-            status = await self.client.create_space(space)
-            if not 200 <= status < 300:
-                raise StartupError(
-                    f"POST /api/v1/spaces {{'id': {space!r}}} answered {status}; "
-                    f"is {spec.target.url} an Engram server?"
-                )
+        await self.target.wait_healthy(
+            self.client.alive,
+            spec.target.startup_timeout_s,
+            why_not=lambda: self.client.last_alive_problem,
+        )
+        await ensure_spaces(
+            self.client,
+            space_names(spec.space_count),
+            timeout_s=spec.target.setup_timeout_s,
+            url=spec.target.url,
+        )
 
     def _build(self, opened: OpenedRun) -> None:
         spec, info = self.spec, opened.info
@@ -427,9 +431,13 @@ class Daemon:
         """One unmeasured store per space, so every space has a SPREAD start point."""
         if self.spec.operation("spread") is None:
             return
-        for i, _space in enumerate(self.workload.spaces):
-            req = self.workload.store(seed_k(self.opened.segment, i, len(self.workload.spaces)))
-            r = await self.client.store(req, self.clock.monotonic_ns())
+        # All at once: one by one, a slow target would hold the start for a
+        # store's time per space.
+        n = len(self.workload.spaces)
+        reqs = [self.workload.store(seed_k(self.opened.segment, i, n)) for i in range(n)]
+        now_ns = self.clock.monotonic_ns()
+        results = await asyncio.gather(*(self.client.store(req, now_ns) for req in reqs))
+        for req, r in zip(reqs, results, strict=True):
             if r.memory_id is not None:
                 self.workload.confirm_stored(req.space, r.memory_id)
                 if self._watcher is not None:

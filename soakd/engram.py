@@ -40,7 +40,13 @@ from soakd.http1 import Exchange, HttpPool, ThenHook
 from soakd.model import Clock, Op, OpResult, Outcome
 from soakd.workload import RecallRequest, SpreadRequest, StoreRequest
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "EngramClient", "Exchange", "engram_error_code"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "EngramClient",
+    "Exchange",
+    "call_problem",
+    "engram_error_code",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +70,22 @@ def engram_error_code(body: bytes | None) -> str | None:
     err = doc.get("error") if isinstance(doc, dict) else None
     code = err.get("code") if isinstance(err, dict) else None
     return code if isinstance(code, str) else None
+
+
+def call_problem(method: str, path: str, ex: Exchange, timeout_s: float) -> str | None:
+    """What went wrong with an unmeasured call, in words that name it; ``None`` when 2xx.
+
+    A user reads this (a start-up failure, a log line): never a bare status 0.
+    """
+    call = f"{method} {path}"
+    if ex.failure is Outcome.TIMEOUT:
+        return f"{call} timed out after {timeout_s:g} s"
+    if ex.failure is not None:
+        return f"{call}: {ex.error or 'no answer'}"
+    if ex.status is None or not 200 <= ex.status < 300:
+        code = engram_error_code(ex.body)
+        return f"{call} answered HTTP {ex.status}" + (f" ({code})" if code else "")
+    return None
 
 
 def parse_object(body: bytes | None) -> dict[str, Any] | None:
@@ -130,6 +152,11 @@ class EngramClient:
         # (read-backs, unmeasured calls) use ``timeout_s``.
         self._op_timeouts = dict(op_timeouts or {})
         self._logged_types: set[str] = set()
+        # The last problem of each unmeasured route, so a failing poll logs when it
+        # starts failing (or fails differently), not every time.
+        self._route_problem: dict[str, str | None] = {}
+        #: Why the last /health/alive probe was not a 200 (None: it was).
+        self.last_alive_problem: str | None = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # ``sent_ns`` is when the request went onto a connection, not when we
         # asked for one: waiting for a free pooled connection is client-side
@@ -350,24 +377,51 @@ class EngramClient:
     # -- unmeasured calls ----------------------------------------------------------
 
     async def alive(self, timeout_s: float = 2.0) -> bool:
-        """``GET /health/alive`` answered 200."""
+        """``GET /health/alive`` answered 200 (else :attr:`last_alive_problem` says why)."""
         ex = await self.exchange("GET", "/health/alive", timeout_s=timeout_s)
-        return ex.failure is None and ex.status == 200
+        ok = ex.failure is None and ex.status == 200
+        problem = call_problem("GET", "/health/alive", ex, timeout_s)
+        self.last_alive_problem = None if ok else problem or f"answered {ex.status}"
+        return ok
 
     async def create_space(self, space: str, timeout_s: float = 10.0) -> int:
         """``POST /api/v1/spaces`` (create-or-get); the status, or 0 when nothing answered."""
+        ex = await self.create_space_exchange(space, timeout_s)
+        return 0 if ex.status is None else ex.status
+
+    async def create_space_exchange(self, space: str, timeout_s: float) -> Exchange:
+        """``POST /api/v1/spaces`` (create-or-get): the whole answer, for :func:`call_problem`."""
         body = json.dumps({"id": space}).encode()
         ex = await self.exchange("POST", "/api/v1/spaces", body=body, timeout_s=timeout_s)
-        if ex.status is None:
-            return 0
-        if not 200 <= ex.status < 300:
+        if ex.status is not None and not 200 <= ex.status < 300:
             log.warning(
                 "engram_create_space_failed",
                 space=space,
                 status=ex.status,
                 error_code=engram_error_code(ex.body),
             )
-        return ex.status
+        return ex
+
+    async def list_spaces(self, timeout_s: float) -> tuple[frozenset[str] | None, Exchange]:
+        """``GET /api/v1/spaces``: the IDs (None unless a 2xx with a list) and the answer."""
+        ex = await self.exchange("GET", "/api/v1/spaces", timeout_s=timeout_s)
+        doc = parse_object(ex.body) if self._is_2xx(ex) else None
+        entries = doc.get("spaces") if doc is not None else None
+        if not isinstance(entries, list):
+            return None, ex
+        ids = (e.get("id") for e in entries if isinstance(e, dict))
+        return frozenset(i for i in ids if isinstance(i, str)), ex
+
+    def _note(self, route: str, problem: str | None) -> None:
+        """Log an unmeasured route's problem when it starts or changes, and its recovery."""
+        before = self._route_problem.get(route)
+        if problem == before:
+            return
+        self._route_problem[route] = problem
+        if problem is not None:
+            log.info("engram_call_failed", route=route, problem=problem)
+        elif before is not None:
+            log.info("engram_call_recovered", route=route)
 
     async def consolidation_generated_at(
         self, space: str, timeout_s: float = 5.0
@@ -376,7 +430,11 @@ class EngramClient:
         target = "/api/v1/consolidations?" + urlencode({"space": space})
         ex = await self.exchange("GET", target, space=space, timeout_s=timeout_s)
         if not self._is_2xx(ex):
+            if ex.status != 404:  # 404: no snapshot yet, the normal start
+                route = "GET /api/v1/consolidations"
+                self._note(route, call_problem("GET", route, ex, timeout_s))
             return None, ex.status
+        self._note("GET /api/v1/consolidations", None)
         doc = parse_object(ex.body)
         value = doc.get("generated_at") if doc is not None else None
         return (value if isinstance(value, str) and value else None), ex.status
@@ -384,6 +442,10 @@ class EngramClient:
     async def memory_counts(self, timeout_s: float = 5.0) -> dict[str, int] | None:
         """``GET /api/v1/system/health`` as ``{space: memories}``; ``None`` when unavailable."""
         ex = await self.exchange("GET", "/api/v1/system/health", timeout_s=timeout_s)
+        self._note(
+            "GET /api/v1/system/health",
+            call_problem("GET", "/api/v1/system/health", ex, timeout_s),
+        )
         if not self._is_2xx(ex):
             return None
         doc = parse_object(ex.body)

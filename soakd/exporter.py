@@ -373,6 +373,26 @@ class Exporter:
         gauges = (
             ("soakd_target_resident_memory_bytes", "Target resident set size.", "rss_bytes"),
             ("soakd_target_heap_bytes", "Target anonymous memory (heap).", "heap_bytes"),
+            (
+                "soakd_target_resident_anon_bytes",
+                "Target resident anonymous memory (RssAnon): the memory that can leak.",
+                "rss_anon_bytes",
+            ),
+            (
+                "soakd_target_resident_file_bytes",
+                "Target resident file-backed memory (RssFile): reclaimable page cache.",
+                "rss_file_bytes",
+            ),
+            (
+                "soakd_target_resident_shmem_bytes",
+                "Target resident shared memory (RssShmem).",
+                "rss_shmem_bytes",
+            ),
+            (
+                "soakd_target_available_memory_bytes",
+                "Memory the target can still get: host MemAvailable or its cgroup's room.",
+                "mem_available_bytes",
+            ),
             ("soakd_target_unique_memory_bytes", "Target unique set size (USS).", "uss_bytes"),
             ("soakd_target_open_fds", "Open file descriptors of the target.", "num_fds"),
             ("soakd_target_threads", "Threads of the target.", "num_threads"),

@@ -80,6 +80,7 @@ class Exchange:
     status: int | None = None
     body: bytes | None = None  # None: not kept (too large) or no answer
     failure: Outcome | None = None  # set when there was no usable answer
+    error: str | None = None  # why, in words, when there was no answer ("connection refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,16 @@ class Origin:
         tls = parts.scheme == "https"
         port = parts.port or (443 if tls else 80)
         return cls(parts.hostname, port, parts.netloc, parts.path.rstrip("/"), tls)
+
+
+def failure_words(exc: BaseException) -> str:
+    """What went wrong with a request that got no answer, in a user's words."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the server"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 # Parser states of one connection.
@@ -538,11 +549,11 @@ class HttpPool:
         """The outcome of a request that got no usable answer (``exc`` says why)."""
         done_ns = self._clock.monotonic_ns()
         if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
-            return Exchange(sent_ns, done_ns, failure=Outcome.TIMEOUT)
+            return Exchange(sent_ns, done_ns, failure=Outcome.TIMEOUT, error="timed out")
         # Anything else, expected or not, must not stop the run: CONNECTION.
         expected = isinstance(exc, ConnectionError | OSError | ssl_module.SSLError)
         self._report(exc, expected=expected)
-        return Exchange(sent_ns, done_ns, failure=Outcome.CONNECTION)
+        return Exchange(sent_ns, done_ns, failure=Outcome.CONNECTION, error=failure_words(exc))
 
     @staticmethod
     def _deliver(pending: _Pending, then: ThenHook, exchange: Exchange) -> None:

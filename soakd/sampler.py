@@ -114,6 +114,69 @@ def read_status_rss_anon(path: Path) -> int | None:
     return None
 
 
+_STATUS_PARTS = {b"RssAnon:": "anon", b"RssFile:": "file", b"RssShmem:": "shmem"}
+
+
+def read_status_memory(path: Path) -> dict[str, int] | None:
+    """The kernel's split of RSS from a /proc/PID/status file, in bytes.
+
+    Keys ``anon``, ``file``, ``shmem`` (RssAnon, RssFile, RssShmem: kB lines,
+    Linux >= 4.5); None when the kernel has none of them.
+    """
+    found: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for line in f:
+            key = _STATUS_PARTS.get(line.split(b"\t", 1)[0].split(b" ", 1)[0])
+            if key is not None:
+                found[key] = int(line.split()[1]) * 1024
+                if len(found) == len(_STATUS_PARTS):
+                    break
+    return found or None
+
+
+def read_mem_available(meminfo: Path) -> int | None:
+    """``MemAvailable`` of /proc/meminfo in bytes (None on kernels without it)."""
+    with open(meminfo, "rb") as f:
+        for line in f:
+            if line.startswith(b"MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def cgroup_dir(proc_dir: Path, cgroup_root: Path) -> Path | None:
+    """The cgroup v2 folder of a process (from its /proc/PID/cgroup ``0::`` line)."""
+    try:
+        text = (proc_dir / "cgroup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return cgroup_root / line[3:].strip().lstrip("/")
+    return None  # cgroup v1 only: no unified hierarchy to read
+
+
+def cgroup_available(folder: Path, cgroup_root: Path) -> int | None:
+    """Bytes left under the tightest ``memory.max`` of ``folder`` and its parents.
+
+    None when no level has a limit (``max``) or none can be read: the host's
+    figure is then the only one.
+    """
+    best: int | None = None
+    here = folder
+    while True:
+        try:
+            limit = (here / "memory.max").read_text().strip()
+            if limit != "max":
+                used = int((here / "memory.current").read_text().strip())
+                left = max(0, int(limit) - used)
+                best = left if best is None else min(best, left)
+        except (OSError, ValueError):
+            pass
+        if here == cgroup_root or cgroup_root not in here.parents:
+            return best
+        here = here.parent
+
+
 def read_heap_bytes(proc_dir: Path) -> int | None:
     """Resident anonymous memory of the process whose /proc folder this is.
 
@@ -207,6 +270,7 @@ class Sampler:
         uss_interval_s: float = 60.0,
         data_dir: Path | None = None,
         proc_root: Path = Path("/proc"),
+        cgroup_root: Path = Path("/sys/fs/cgroup"),
         on_event: Callable[[Event], None],
         memories: Callable[[], Awaitable[int | None]] | None = None,
         memories_interval_s: float = 10.0,
@@ -218,6 +282,8 @@ class Sampler:
         self.interval_s = interval_s
         self._uss_ns = int(uss_interval_s * 1e9)
         self._proc_root = proc_root
+        self._cgroup_root = cgroup_root
+        self._cgroup: tuple[int, Path | None] | None = None  # (pid, its cgroup folder)
         self._emit = on_event
         self._memories_fn = memories
         self._memories_s = memories_interval_s
@@ -286,6 +352,12 @@ class Sampler:
             "heap (/proc/PID/status RssAnon)",
             lambda: read_heap_bytes(self._proc_root / str(target.pid)),
         )
+        parts = read(
+            "RSS split (/proc/PID/status RssAnon/RssFile/RssShmem)",
+            lambda: read_status_memory(self._proc_root / str(target.pid) / "status"),
+        )
+        parts = parts or {}
+        available = read("available memory (meminfo, cgroup)", lambda: self._available(target))
         uss = None
         now_ns = self._clock.monotonic_ns()
         if self._next_uss_ns is None or now_ns >= self._next_uss_ns:
@@ -298,6 +370,10 @@ class Sampler:
             rss_bytes=rss,
             heap_bytes=heap,
             uss_bytes=uss,
+            rss_anon_bytes=parts.get("anon"),
+            rss_file_bytes=parts.get("file"),
+            rss_shmem_bytes=parts.get("shmem"),
+            mem_available_bytes=available,
             cpu_user_s=None if cpu is None else cpu.user,
             cpu_system_s=None if cpu is None else cpu.system,
             read_bytes=None if io is None else io.read_bytes,
@@ -305,6 +381,20 @@ class Sampler:
             num_fds=fds,
             num_threads=threads,
         )
+
+    def _available(self, target: ProcessId) -> int | None:
+        """What the target can still get: the host's MemAvailable, or its cgroup's
+        room under memory.max when that is smaller (the cgroup folder is looked
+        up once per process)."""
+        host = read_mem_available(self._proc_root / "meminfo")
+        if self._cgroup is None or self._cgroup[0] != target.pid:
+            folder = cgroup_dir(self._proc_root / str(target.pid), self._cgroup_root)
+            self._cgroup = (target.pid, folder)
+        folder = self._cgroup[1]
+        room = cgroup_available(folder, self._cgroup_root) if folder is not None else None
+        if room is None:
+            return host
+        return room if host is None else min(host, room)
 
     def _read(
         self, kind: str, pid: int, fn: Callable[[], T], now_wall: float, events: list[Event]

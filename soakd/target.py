@@ -571,8 +571,17 @@ class Target:
 
     # -- health ---------------------------------------------------------------------------
 
-    async def wait_healthy(self, alive: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    async def wait_healthy(
+        self,
+        alive: Callable[[], Awaitable[bool]],
+        timeout_s: float,
+        *,
+        why_not: Callable[[], str | None] | None = None,
+    ) -> None:
         """Poll ``alive()`` until it answers True, at most ``timeout_s``.
+
+        ``why_not()`` says why the last probe was not alive ("GET /health/alive:
+        connection refused"), for the message when it never is.
 
         Raises StartupError, with a launched target's last stderr lines, if the
         target dies first or never becomes healthy. ``alive`` is kept to time
@@ -593,8 +602,10 @@ class Target:
             try:
                 if await asyncio.wait_for(alive(), min(remaining_s, ALIVE_PROBE_TIMEOUT_S)):
                     return
+                last_error = (why_not() if why_not is not None else None) or last_error
             except TimeoutError:
-                last_error = "health probe timed out"
+                probe_s = min(remaining_s, ALIVE_PROBE_TIMEOUT_S)
+                last_error = f"the health probe timed out after {probe_s:g} s"
             except Exception as exc:  # any probe failure means "not yet"
                 last_error = f"{type(exc).__name__}: {exc}"
             await self._clock.sleep_until(

@@ -66,6 +66,10 @@ def sample(t: float, pid: int = 4242, rss: int = 1_200_000_000, **kw: object) ->
         "self_rss_bytes": 90_000_000,
         "self_cpu_s": 30.0 + t / 20,
         "loop_lag_s": 0.0008,
+        "rss_anon_bytes": rss * 3 // 4,
+        "rss_file_bytes": rss // 4,
+        "rss_shmem_bytes": 0,
+        "mem_available_bytes": 20_000_000_000,
     }
     fields.update(kw)
     return Sample(t=T0 + t, pid=pid, **fields)  # type: ignore[arg-type]
@@ -255,6 +259,30 @@ def test_target_gauges_follow_the_latest_sample() -> None:
     assert value(text, "soakd_target_heap_bytes") == 825_000_000
     assert value(text, "soakd_target_open_fds") == 90
     assert value(text, "soakd_target_up") == 1
+
+
+def test_rss_split_and_available_memory_are_gauges() -> None:
+    """RssAnon, RssFile, RssShmem and available memory each have a gauge; unread ones none."""
+    e = new_exporter()
+    e.on_sample(
+        Sample(
+            t=T0,
+            pid=42,
+            rss_bytes=21 * 10**9,
+            rss_anon_bytes=4 * 10**8,
+            rss_file_bytes=2 * 10**10 + 6 * 10**8,
+            rss_shmem_bytes=0,
+            mem_available_bytes=23 * 10**9,
+        )
+    )
+    text = e.exposition()
+    assert value(text, "soakd_target_resident_anon_bytes") == 4 * 10**8
+    assert value(text, "soakd_target_resident_file_bytes") == 2 * 10**10 + 6 * 10**8
+    assert value(text, "soakd_target_resident_shmem_bytes") == 0
+    assert value(text, "soakd_target_available_memory_bytes") == 23 * 10**9
+    e.on_sample(Sample(t=T0 + 1, pid=42, rss_bytes=1))
+    names = {name for name, _ in samples_of(e.exposition())}
+    assert "soakd_target_resident_anon_bytes" not in names
 
 
 def test_unreadable_fields_are_left_out_not_zeroed() -> None:

@@ -32,7 +32,13 @@ Pid:\t4242
 VmRSS:\t  204800 kB
 RssAnon:\t  153600 kB
 RssFile:\t   51200 kB
+RssShmem:\t    1024 kB
 Threads:\t9
+"""
+MEMINFO = """\
+MemTotal:       24000000 kB
+MemFree:        19000000 kB
+MemAvailable:   22000000 kB
 """
 
 SMAPS_ROLLUP = """\
@@ -121,6 +127,8 @@ def proc_root(tmp_path: Path) -> Path:
     (root / str(PID)).mkdir(parents=True)
     (root / str(PID) / "status").write_text(STATUS)
     (root / str(PID) / "smaps_rollup").write_text(SMAPS_ROLLUP)
+    (root / str(PID) / "cgroup").write_text("0::/system.slice/engram.service\n")
+    (root / "meminfo").write_text(MEMINFO)
     return root
 
 
@@ -203,9 +211,69 @@ def test_sample_reads_every_field_from_the_process(proc_root: Path) -> None:
         num_threads=9,
         self_rss_bytes=s.self_rss_bytes,
         self_cpu_s=s.self_cpu_s,
+        rss_anon_bytes=153600 * 1024,
+        rss_file_bytes=51200 * 1024,
+        rss_shmem_bytes=1024 * 1024,
+        mem_available_bytes=22000000 * 1024,  # no cgroup limit: the host's
     )
     assert s.self_rss_bytes is not None and s.self_rss_bytes > 0
     assert events == []
+
+
+def cgroup_tree(tmp_path: Path, limits: dict[str, tuple[str, int]]) -> Path:
+    """A fake cgroup v2 root: {relative folder: (memory.max, memory.current)}."""
+    root = tmp_path / "cgroup"
+    for rel, (limit, current) in limits.items():
+        folder = root / rel if rel else root
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "memory.max").write_text(f"{limit}\n")
+        (folder / "memory.current").write_text(f"{current}\n")
+    return root
+
+
+def test_available_memory_is_the_cgroup_room_when_smaller_than_the_host(
+    proc_root: Path, tmp_path: Path
+) -> None:
+    """A 4 GiB limit with 3 GiB used leaves 1 GiB: smaller than MemAvailable, so it counts;
+    a parent's tighter limit wins over the target's own folder."""
+    gib = 2**30
+    root = cgroup_tree(
+        tmp_path,
+        {
+            "": ("max", 10 * gib),
+            "system.slice": ("max", 9 * gib),
+            "system.slice/engram.service": (str(4 * gib), 3 * gib),
+        },
+    )
+    s = fake_sampler(proc_root, FakeProc(), [], cgroup_root=root).sample_once(1.0)
+    assert s.mem_available_bytes == gib
+    (root / "system.slice" / "memory.max").write_text(f"{int(9.5 * gib)}\n")
+    s = fake_sampler(proc_root, FakeProc(), [], cgroup_root=root).sample_once(2.0)
+    assert s.mem_available_bytes == gib // 2  # 9.5 - 9 GiB left in the parent
+
+
+def test_available_memory_is_the_host_when_the_cgroup_has_no_limit_or_is_v1(
+    proc_root: Path, tmp_path: Path
+) -> None:
+    """No memory.max anywhere (or a v1-only /proc/PID/cgroup): MemAvailable of the host."""
+    root = cgroup_tree(tmp_path, {"system.slice/engram.service": ("max", 2**30)})
+    s = fake_sampler(proc_root, FakeProc(), [], cgroup_root=root).sample_once(1.0)
+    assert s.mem_available_bytes == 22000000 * 1024
+    (proc_root / str(PID) / "cgroup").write_text("4:memory:/x\n")
+    s = fake_sampler(proc_root, FakeProc(), [], cgroup_root=root).sample_once(2.0)
+    assert s.mem_available_bytes == 22000000 * 1024
+
+
+def test_rss_split_without_rss_shmem_leaves_only_that_part_empty(proc_root: Path) -> None:
+    """An older status file without RssShmem: anon and file read, shmem None (not 0)."""
+    status = proc_root / str(PID) / "status"
+    status.write_text(STATUS.replace("RssShmem", "Other"))
+    s = fake_sampler(proc_root, FakeProc(), []).sample_once(1.0)
+    assert (s.rss_anon_bytes, s.rss_file_bytes, s.rss_shmem_bytes) == (
+        153600 * 1024,
+        51200 * 1024,
+        None,
+    )
 
 
 def test_access_denied_is_reported_once_per_reading_and_others_go_on(proc_root: Path) -> None:
@@ -324,6 +392,9 @@ def test_rss_and_heap_rise_when_a_real_child_allocates(
     assert after.rss_bytes is not None and after.heap_bytes is not None
     assert after.rss_bytes - before.rss_bytes >= 180 * 2**20
     assert after.heap_bytes - before.heap_bytes >= 180 * 2**20
+    assert after.rss_anon_bytes is not None and before.rss_anon_bytes is not None
+    assert after.rss_anon_bytes - before.rss_anon_bytes >= 180 * 2**20
+    assert after.rss_file_bytes is not None and after.mem_available_bytes is not None
 
 
 async def test_run_samples_on_schedule_with_loop_lag_and_memories(proc_root: Path) -> None:

@@ -320,6 +320,19 @@ async def test_never_healthy_raises_after_timeout(tmp_path: Path) -> None:
         await target.stop(2)
 
 
+async def test_never_healthy_says_why_the_probe_failed(tmp_path: Path) -> None:
+    """Nothing ever listens: the message names the probe and "connection refused"."""
+    from soakd.engram import EngramClient
+
+    port = free_port()
+    spec = TargetSpec(url=f"http://127.0.0.1:{port}", pid=os.getpid())
+    target = make_target(spec, tmp_path, Recorder())
+    async with EngramClient(spec.url, clock=SystemClock()) as client:
+        with pytest.raises(StartupError) as err:
+            await target.wait_healthy(client.alive, 0.5, why_not=lambda: client.last_alive_problem)
+    assert "not healthy after 0.5s (GET /health/alive: connection refused)" in str(err.value)
+
+
 async def test_launch_refuses_a_port_already_served(tmp_path: Path, children: Children) -> None:
     """Launching onto a port something already serves is refused (Engram would move ports)."""
     proc, port = children.server(tmp_path / "other.pid")

@@ -59,6 +59,8 @@ class Api:
     metrics: MetricsWindow
     shutdown: asyncio.Event
     started_wall: float
+    # At most ``space_create_parallel`` slow creations at once (the knob's model of Engram).
+    create_gate: asyncio.Semaphore | None = None
 
     async def measured(self, op: str, work: Callable[[], Awaitable[web.Response]]) -> web.Response:
         """Run one measured operation under the fault knobs and time it."""
@@ -91,6 +93,13 @@ class Api:
         """POST /api/v1/spaces: create-or-get, 201."""
         body = await json_body(request)
         space_id = check_space_id(field_str(body, "id", required=True) or "")
+        slow_s = self.config.faults.space_create_s
+        if slow_s > 0 and self.spaces.get(space_id) is None:
+            if self.create_gate is None:
+                self.create_gate = asyncio.Semaphore(self.config.faults.space_create_parallel)
+            async with self.create_gate:
+                if self.spaces.get(space_id) is None:  # not made while this one waited
+                    await asyncio.sleep(slow_s)
         space = self.spaces.get_or_create(space_id)
         return web.json_response(self.space_json(space.id, space.created_at), status=201)
 

@@ -26,6 +26,7 @@ from soakd.reference.config import (
     parse_duration_s,
     parse_per_op,
     parse_signal,
+    parse_size_bytes,
 )
 from soakd.reference.server import serve
 
@@ -220,6 +221,43 @@ OPTIONS = (
         "0",
         "FAULT: fraction of stores answered 201 but not kept",
     ),
+    Opt(
+        "--service-ms",
+        "ENGRAM_REF_SERVICE_MS",
+        _drifts,
+        "0",
+        "FAULT saturation: ms each operation holds its one worker (queueing above "
+        "1000/MS per s); 'MS' or 'store=MS,recall=MS'",
+    ),
+    Opt(
+        "--space-create-time",
+        "ENGRAM_REF_SPACE_CREATE_TIME",
+        parse_duration_s,
+        "0",
+        "FAULT slow start: time POST /api/v1/spaces takes for a new space (existing: at once)",
+    ),
+    Opt(
+        "--space-create-parallel",
+        "ENGRAM_REF_SPACE_CREATE_PARALLEL",
+        _positive_int,
+        "2",
+        "new spaces created at once; the rest wait (Engram: ~2)",
+    ),
+    Opt(
+        "--file-map-size",
+        "ENGRAM_REF_FILE_MAP_SIZE",
+        parse_size_bytes,
+        "0",
+        "FAULT page cache: sparse file of this size mapped and read per space "
+        "(RSS that is RssFile, not heap; e.g. 512M)",
+    ),
+    Opt(
+        "--file-map-fill-time",
+        "ENGRAM_REF_FILE_MAP_FILL_TIME",
+        parse_duration_s,
+        "0",
+        "read each mapping through over this long instead of at once (RssFile keeps growing)",
+    ),
 )
 STOCK_ENV = "ENGRAM_REF_STOCK"
 
@@ -273,6 +311,7 @@ def _config(v: dict[str, Any], stock: bool) -> ServerConfig:
             drift_ms_per_min=v["latency_drift"].get(op, 0.0),
             error_rate=v["error_rate"].get(op, 0.0),
             error_status=int(v["error_status"].get(op, 500)),
+            service_ms=v["service_ms"].get(op, 0.0),
         )
         for op in OPERATIONS
     }
@@ -285,6 +324,10 @@ def _config(v: dict[str, Any], stock: bool) -> ServerConfig:
         crash_after_ops=v["crash_after_ops"],
         crash_signal=v["crash_signal"],
         write_loss=v["write_loss"],
+        space_create_s=v["space_create_time"],
+        space_create_parallel=v["space_create_parallel"],
+        file_map_bytes=v["file_map_size"],
+        file_map_fill_s=v["file_map_fill_time"],
     )
     consolidation = ConsolidationConfig(
         interval_s=max(0.01, v["consolidation_interval"]),

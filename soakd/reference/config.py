@@ -24,6 +24,19 @@ def parse_duration_s(text: str) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNIT = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size_bytes(text: str) -> int:
+    """Parse "4096", "512K", "3G" or "3GiB" (powers of 1024) into bytes."""
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (use e.g. 4096, 512K, 3G)")
+    unit = (match.group(2) or "").upper()[:1]
+    return int(float(match.group(1)) * _SIZE_UNIT[unit])
+
+
 def parse_per_op(text: str, value_type: type[float] | type[int]) -> dict[str, float]:
     """Parse "V" (every operation) or "store=V,recall=V" into a map per operation."""
     text = text.strip()
@@ -61,6 +74,10 @@ class OpFaults:
     drift_ms_per_min: float = 0.0
     error_rate: float = 0.0
     error_status: int = 500
+    # Saturation: each operation of this kind holds one worker for this long, so
+    # above 1000/service_ms per second requests queue and their latency grows with
+    # the queue (the real server at the plan's rates: engram-api.md §7).
+    service_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,13 @@ class FaultConfig:
     crash_after_ops: int = 0
     crash_signal: signal.Signals = signal.SIGKILL
     write_loss: float = 0.0
+    # Slow space creation: each new space takes this long, at most
+    # ``space_create_parallel`` at a time (Engram: 10.8 s each, 8 at once 43 s).
+    space_create_s: float = 0.0
+    space_create_parallel: int = 2
+    # A sparse file of this size mapped and read through per space (RssFile, not RssAnon).
+    file_map_bytes: int = 0
+    file_map_fill_s: float = 0.0  # read the mapping through over this long (0: at once)
 
     def op(self, name: str) -> OpFaults:
         """Faults of one operation (none if not configured)."""

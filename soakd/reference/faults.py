@@ -6,7 +6,9 @@
   the loop thread), so requests sent meanwhile wait, as in a GC pause;
 * errors: a rate and status per operation, answered in Engram's envelope;
 * crash: after N s or N operations the process signals itself (no clean exit);
-* write loss: a fraction of stores are answered 201 but not kept.
+* write loss: a fraction of stores are answered 201 but not kept;
+* saturation: each operation of a kind holds that kind's one worker for N ms,
+  so above 1000/N per second requests queue and wait longer the longer the queue.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Faults:
         self._leaked: list[bytearray] = []
         self.leaked_bytes = 0
         self.stalls = 0
+        self._workers: dict[str, asyncio.Lock] = {}
 
     def uptime_min(self) -> float:
         """Minutes since the server started."""
@@ -50,6 +53,10 @@ class Faults:
         faults = self.config.op(op)
         if faults.drift_ms_per_min > 0:
             await asyncio.sleep(faults.drift_ms_per_min * self.uptime_min() / 1000.0)
+        if faults.service_ms > 0:
+            worker = self._workers.setdefault(op, asyncio.Lock())
+            async with worker:  # FIFO: the wait is the queue ahead of this request
+                await asyncio.sleep(faults.service_ms / 1000.0)
         if faults.error_rate > 0 and self._rng.random() < faults.error_rate:
             return faults.error_status
         return None

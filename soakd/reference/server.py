@@ -29,9 +29,11 @@ from soakd.reference.app import Api, build_app
 from soakd.reference.config import ServerConfig
 from soakd.reference.consolidation import Consolidator
 from soakd.reference.faults import Faults
+from soakd.reference.filemap import FileMaps
 from soakd.reference.metrics import MetricsWindow
 from soakd.reference.parsing import DEFAULT_SPACE
 from soakd.reference.registry import SpaceRegistry
+from soakd.reference.space import MemorySpace
 
 # A 768-float recall URL is 16-20 KB; Engram's hyper takes up to 64 KB.
 MAX_LINE = 65_536
@@ -90,7 +92,19 @@ async def serve(config: ServerConfig, out: TextIO = sys.stdout) -> int:
     consolidator = Consolidator(
         config.consolidation, config.stock, started, random.Random(rng.random()), on_run
     )
-    spaces.set_on_create(consolidator.watch)
+    maps = FileMaps(config.faults.file_map_bytes, data_dir, config.faults.file_map_fill_s)
+    mapping: set[asyncio.Task[None]] = set()
+
+    def on_create(space: MemorySpace) -> None:
+        consolidator.watch(space)
+        if maps.size_bytes > 0:  # seconds per GB: off the event loop
+            task = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(maps.map_space, space.id)
+            )
+            mapping.add(task)
+            task.add_done_callback(mapping.discard)
+
+    spaces.set_on_create(on_create)
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Before the API line: whoever reads it may signal us at once.
@@ -133,6 +147,10 @@ async def serve(config: ServerConfig, out: TextIO = sys.stdout) -> int:
         task.cancel()
     await asyncio.wait(background, timeout=SHUTDOWN_TIMEOUT_S)
     await consolidator.close()
+    for task in list(mapping):
+        task.cancel()
+    await asyncio.gather(*mapping, return_exceptions=True)
+    maps.close()
     await runner.cleanup()
     if data_dir is not None:
         await _persist_dirty(spaces, data_dir)

@@ -14,8 +14,15 @@ Choices written down here because the plan leaves them open:
   an observation gap of more than :data:`GAP_BREAK_S`; a run shorter than
   planned says so and cannot pass.
 * Memory: soakd cannot run valgrind/heaptrack on the target; the verdict is the
-  RSS trend of :func:`soakd.rules.leak.leak_fit` (the alert rule's own fit)
-  over the whole post-warm-up run.
+  trend of :func:`soakd.rules.leak.leak_fit` (the alert rule's own fit) over the
+  whole post-warm-up run, of the memory the memory_leak rule judges: anonymous
+  memory (RssAnon) unless the rule chose total RSS. File-backed pages of mapped
+  data files are reclaimable page cache, not a leak (docs/spec.md).
+* A PASS beside a figure beyond its threshold carries the reason as its first
+  words (:attr:`Criterion.note`), e.g. "trend not significant (R² 0.74 < 0.8)".
+* Performance cannot pass while an operation dropped more than
+  :data:`MAX_NO_RESPONSE_SHARE` of its arrivals at the in-flight cap: those got
+  no response, and leaving them out of P99 would hide the worst latency.
 * P99 drift: P99 of the last stretch against the first stretch after warm-up
   (the rules' default windows), per driven operation; an increase counts when
   it is at least 5 % AND at least :data:`P99_DRIFT_FLOOR_MS` (sub-millisecond
@@ -31,10 +38,12 @@ Choices written down here because the plan leaves them open:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 
 from soakd.report.model import Criterion, ReportModel
 from soakd.rules import leak_verdict
+from soakd.rules.evaluate import leak_excuse
 from soakd.spec.model import AlertKind, AlertRuleSpec, Spec
 
 PLAN_DURATION_S = 168 * 3600.0
@@ -45,6 +54,9 @@ PLAN_CADENCE_TOLERANCE_S = 5.0
 GAP_BREAK_S = 300.0
 #: P99 increases smaller than this (ms) are not counted as drift.
 P99_DRIFT_FLOOR_MS = 1.0
+#: Above this share of an operation's arrivals dropped (no response), its latency
+#: cannot be called stable: the missing requests are the slowest ones.
+MAX_NO_RESPONSE_SHARE = 0.01
 
 _NOT_SUSTAINED = " (not in every third of the last stretch: a burst, not drift)"
 
@@ -110,12 +122,16 @@ def memory_leak(m: ReportModel, spec: Spec) -> Criterion:
     abs_mb = rule.abs_mb_per_h if rule is not None else None
     source = f"spec alert rule {rule.name}" if rule is not None else "plan"
     fit = m.memory.fit
-    note = "from the RSS trend (soakd does not run valgrind/heaptrack on the target)"
+    series = fit.series if fit is not None else "anonymous memory"
+    note = (
+        f"from the {series} trend (soakd does not run valgrind/heaptrack on the target)"
+        + _parts_text(m)
+    )
 
-    def verdict_(passed: bool, measured: float | None, detail: str) -> Criterion:
+    def verdict_(passed: bool, measured: float | None, detail: str, why: str = "") -> Criterion:
         return Criterion(
             key="memory_leak",
-            name="Zero memory leaks (RSS growth within the rule)",
+            name=f"Zero memory leaks ({series} growth within the rule)",
             passed=passed,
             measured=measured,
             threshold=threshold,
@@ -123,13 +139,14 @@ def memory_leak(m: ReportModel, spec: Spec) -> Criterion:
             comparison="<=",
             detail=detail,
             source=source,
+            note=why,
         )
 
     if fit is None or fit.judged == "insufficient":
         return verdict_(
             False,
             None,
-            f"not enough RSS samples after the {m.warmup_s:g} s warm-up to judge; {note}",
+            f"not enough {series} samples after the {m.warmup_s:g} s warm-up to judge; {note}",
         )
     fired = m.alerts_fired.get(rule.name, 0) if rule is not None else 0
     tail = f"; R² {fit.r2:.2f}; memory_leak alert fired {fired}x; {note}"
@@ -138,10 +155,11 @@ def memory_leak(m: ReportModel, spec: Spec) -> Criterion:
         return verdict_(
             True,
             None,
-            f"not judged as a leak: RSS grew {fit.pct_per_day:+.2f} %/day while the memory "
-            f"count grew ({fit.memories_first} -> {fit.memories_last}); marginal cost "
-            f"{_kib(fit.marginal_bytes_per_memory)} per memory is within what the data "
-            f"explains, so no leak is judged{tail}",
+            f"not judged as a leak: {series} grew {fit.pct_per_day:+.2f} %/day while the "
+            f"memory count grew ({fit.memories_first} -> {fit.memories_last}); marginal cost "
+            f"{_kib(fit.marginal_bytes_per_memory)} per memory is within "
+            f"{_kib(fit.bytes_per_memory_ceiling)} (4 x what a memory costs), so no leak is "
+            f"judged{tail}",
         )
     pct = fit.judged_pct_per_day if fit.judged_pct_per_day is not None else fit.pct_per_day
     mb_h = fit.judged_mb_per_h if fit.judged_mb_per_h is not None else fit.mb_per_h
@@ -153,15 +171,37 @@ def memory_leak(m: ReportModel, spec: Spec) -> Criterion:
     if abs_mb is not None:
         limits += f" or > {abs_mb:g} MB/h"
     what = {
-        "rss": "RSS trend after warm-up",
-        "after_flat": "RSS trend since the memory count became flat",
-        "exceeds_data": "RSS grew faster than the stored data can explain",
+        "rss": f"{series} trend after warm-up",
+        "after_flat": f"{series} trend since the memory count became flat",
+        "exceeds_data": (
+            f"{series} grew faster than the stored data can explain "
+            f"({_kib(fit.marginal_bytes_per_memory)} per stored memory > "
+            f"{_kib(fit.bytes_per_memory_ceiling)})"
+        ),
     }.get(fit.judged, fit.judged)
+    excuse = (leak_excuse(fit, threshold_pct_per_day=threshold) or "") if ok else ""
+    lead = f"{excuse}: " if excuse else ""
     return verdict_(
         ok,
         pct,
-        f"{what}: {pct:+.2f} %/day ({mb_h:+.3f} MB/h) over {_h(fit.span_s)}; "
+        f"{lead}{what}: {pct:+.2f} %/day ({mb_h:+.3f} MB/h) over {_h(fit.span_s)}; "
         f"a leak is {limits} ({source}), sustained and above the noise: {why}{tail}",
+        excuse,
+    )
+
+
+def _parts_text(m: ReportModel) -> str:
+    """Total RSS and each part at the end, so the judged memory is seen beside the rest."""
+    p = m.memory.parts_last
+    if p is None:
+        return ""
+
+    def gb(v: int | None) -> str:
+        return "n/a" if v is None else f"{v / 1e9:.2f} GB"
+
+    return (
+        f"; at the end RSS {gb(p.rss)} = anonymous {gb(p.anon)} + file-backed {gb(p.file)} "
+        f"+ shared {gb(p.shmem)}; available {gb(p.available)}"
     )
 
 
@@ -212,6 +252,17 @@ def p99_drift(m: ReportModel, spec: Spec) -> Criterion:
     if not driven:
         ok = False
         parts.append("no driven operation has any records")
+    # Arrivals dropped at the in-flight cap got no response: their latency is the
+    # worst there was, and it is in no percentile above.
+    dropping = [o for o in driven if o.no_response_share > MAX_NO_RESPONSE_SHARE]
+    for o in dropping:
+        ok = False
+        parts.insert(
+            0,
+            f"{o.op}: {o.no_response_share:.1%} of arrivals got no response ({o.dropped:,} "
+            f"dropped at the in-flight cap; > {MAX_NO_RESPONSE_SHARE:.0%}): its latency "
+            "cannot be called stable",
+        )
     parts.append(
         f"baseline = first {_h(driven[0].baseline.end - driven[0].baseline.start)} after "
         f"warm-up, last = final stretch; increases under {P99_DRIFT_FLOOR_MS:g} ms are "
@@ -221,16 +272,21 @@ def p99_drift(m: ReportModel, spec: Spec) -> Criterion:
         if driven and driven[0].baseline is not None
         else "stretches: none"
     )
+    worst = max(measured) if measured else None
+    note = ""
+    if ok and worst is not None and worst >= PLAN_P99_DRIFT_PCT:
+        note = "drift not significant (inside the 95 % bounds or not in every third)"
     return Criterion(
         key="p99_drift",
         name="Performance stable (P99 latency drift < 5 %)",
         passed=ok,
-        measured=max(measured) if measured else None,
+        measured=worst,
         threshold=PLAN_P99_DRIFT_PCT,
         unit="%",
         comparison="<",
         detail="; ".join(parts),
         source="plan",
+        note=note,
     )
 
 
@@ -368,7 +424,7 @@ def spec_added(m: ReportModel, spec: Spec) -> Iterable[Criterion]:
 
 def evaluate(m: ReportModel, spec: Spec) -> tuple[Criterion, ...]:
     """Every criterion, the plan's first, in the plan's order."""
-    return (
+    found = (
         duration(m),
         memory_leak(m, spec),
         p99_drift(m, spec),
@@ -377,6 +433,14 @@ def evaluate(m: ReportModel, spec: Spec) -> tuple[Criterion, ...]:
         corruption(m, spec),
         *spec_added(m, spec),
     )
+    return tuple(_explained(c) for c in found)
+
+
+def _explained(c: Criterion) -> Criterion:
+    """A PASS beside a figure beyond its threshold always says why first."""
+    if c.applicable and c.passed and c.beyond_threshold and not c.note:
+        return dataclasses.replace(c, note="judged on more than this figure (see detail)")
+    return c
 
 
 def verdict(criteria: Sequence[Criterion]) -> str:

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from soakd.model import DRIVEN_OPS, Event, Op, RunInfo, RunReader
+from soakd.model import DRIVEN_OPS, Event, Op, RunInfo, RunReader, Sample
 from soakd.report.fastread import FastReadError, open_store
 from soakd.report.lttb import downsample
 from soakd.report.model import (
     Gap,
     Integrity,
+    MemoryParts,
     MemoryReport,
     OpReport,
     ReportModel,
@@ -35,9 +36,10 @@ from soakd.report.timeline import (
     consolidation_report,
     timeline_events,
 )
-from soakd.rules.leak import LeakFit, leak_fit
+from soakd.rules.evaluate import leak_ceiling
+from soakd.rules.leak import LeakFit, leak_fit, memory_field
 from soakd.rules.windows import Windows, default_windows
-from soakd.spec.model import Spec
+from soakd.spec.model import AlertKind, AlertRuleSpec, MemorySeries, Spec
 
 log = structlog.get_logger()
 
@@ -113,14 +115,62 @@ def _workload(spec: Spec) -> tuple[WorkloadLine, ...]:
     return tuple(lines)
 
 
-def _memory(scan: SampleScan, start: float, end: float, warmup_s: float) -> MemoryReport:
+#: Seconds of samples read to find the RSS parts at each end of the run.
+PARTS_LOOK_S = 120.0
+
+
+def _parts(samples: Sequence[Sample], last: bool) -> MemoryParts | None:
+    """The kernel's split of RSS from the first (or last) sample that has it."""
+    for s in reversed(samples) if last else samples:
+        if s.rss_anon_bytes is not None:
+            return MemoryParts(
+                s.t,
+                s.rss_bytes,
+                s.rss_anon_bytes,
+                s.rss_file_bytes,
+                s.rss_shmem_bytes,
+                s.mem_available_bytes,
+            )
+    return None
+
+
+def _memory(
+    scan: SampleScan,
+    start: float,
+    end: float,
+    warmup_s: float,
+    *,
+    rule: AlertRuleSpec | None = None,
+    reader: RunReader | None = None,
+) -> MemoryReport:
     fit: LeakFit | None = None
     heap_fit: LeakFit | None = None
+    rss_fit: LeakFit | None = None
+    # What the memory_leak rule judges (anonymous memory unless it chose RSS), so the
+    # report's verdict and the page agree; total RSS is fitted too, for the reader.
+    series = rule.memory if rule is not None else MemorySeries.ANON
+    ceiling = leak_ceiling(rule)
     if scan.fit_samples:
-        fit = leak_fit(scan.fit_samples, warmup_s, run_started=start, now=end)
-        heap_fit = leak_fit(
-            scan.fit_samples, warmup_s, run_started=start, now=end, field="heap_bytes"
-        )
+        field_ = memory_field(scan.fit_samples, series)
+
+        def fit_of(name: str) -> LeakFit:
+            return leak_fit(
+                scan.fit_samples,
+                warmup_s,
+                run_started=start,
+                now=end,
+                field=name,
+                bytes_per_memory_ceiling=ceiling,
+            )
+
+        fit = fit_of(field_)
+        rss_fit = fit if field_ == "rss_bytes" else fit_of("rss_bytes")
+        heap_fit = fit if field_ == "heap_bytes" else fit_of("heap_bytes")
+    first = last = None
+    if reader is not None:
+        post = start + warmup_s
+        first = _parts(reader.samples(since=post, until=post + PARTS_LOOK_S), last=False)
+        last = _parts(reader.samples(since=max(post, end - PARTS_LOOK_S), until=end), last=True)
     return MemoryReport(
         samples=scan.count,
         readable=scan.readable,
@@ -140,6 +190,9 @@ def _memory(scan: SampleScan, start: float, end: float, warmup_s: float) -> Memo
         heap_fit=heap_fit if scan.heap_peak is not None else None,
         rss_series=tuple(downsample(scan.t, scan.rss, MEMORY_POINTS)),
         heap_series=tuple(downsample(scan.t, scan.heap, MEMORY_POINTS)),
+        rss_fit=rss_fit,
+        parts_first=first,
+        parts_last=last,
     )
 
 
@@ -235,7 +288,14 @@ def build_model(
         spaces=spec.space_count,
         ops=ops,
         # the leak fit's own (longer) warm-up, as the memory_leak alert uses
-        memory=_memory(samples, start, end, windows.leak_warmup_s),
+        memory=_memory(
+            samples,
+            start,
+            end,
+            windows.leak_warmup_s,
+            rule=next((r for r in spec.alerts if r.kind is AlertKind.MEMORY_LEAK), None),
+            reader=reader,
+        ),
         consolidation=consolidation_report(
             spec,
             reader.consolidation_runs(),

@@ -87,9 +87,9 @@ def _trend(m: ReportModel) -> Series | None:
     start = fit.flat_since if fit.flat_since is not None else m.started_at + m.memory.warmup_s
     mb_h = fit.judged_mb_per_h if fit.judged_mb_per_h is not None else fit.mb_per_h
     slope = mb_h * _MB / 3600.0
-    near = [
-        v for t, v in m.memory.rss_series if start <= t <= start + max(300.0, 0.05 * m.duration_s)
-    ]
+    # drawn over the series it was fitted to (anonymous memory = the heap line)
+    judged = m.memory.rss_series if fit.field == "rss_bytes" else m.memory.heap_series
+    near = [v for t, v in judged if start <= t <= start + max(300.0, 0.05 * m.duration_s)]
     y0 = statistics.median(near) if near else fit.baseline_bytes
     if y0 is None:
         return None
@@ -277,7 +277,7 @@ def _criteria_table(criteria: Sequence[Criterion]) -> str:
         cls, word = (
             ("na", "n/a")
             if not c.applicable
-            else (("pass", "PASS") if c.passed else ("fail", "FAIL"))
+            else (("pass", c.verdict_text) if c.passed else ("fail", "FAIL"))
         )
         meas = (
             "n/a"
@@ -298,12 +298,14 @@ def _criteria_table(criteria: Sequence[Criterion]) -> str:
 def _ops_table(m: ReportModel) -> str:
     head = (
         "<tr><th>op</th><th>target/s</th><th>achieved/s</th><th>requests</th><th>errors</th>"
-        "<th>dropped</th><th>p50</th><th>p99</th><th>p99.9</th><th>max</th><th>P99 drift</th></tr>"
+        "<th>dropped</th><th>no response</th><th>p50</th><th>p99</th><th>p99.9</th><th>max</th>"
+        "<th>P99 drift</th></tr>"
     )
     rows = [
         f"<tr><td>{_e(o.op)}</td><td class=num>{fmt.num(o.target_rate, 1)}</td>"
         f"<td class=num>{o.achieved_rate:.2f}</td><td class=num>{o.count:,}</td>"
         f"<td class=num>{o.error_total:,}</td><td class=num>{o.dropped:,}</td>"
+        f"<td class=num>{o.no_response_share:.1%}</td>"
         f"<td class=num>{fmt.ms(o.latency.p50_ms)}</td>"
         f"<td class=num>{fmt.ms(o.latency.p99_ms)}</td>"
         f"<td class=num>{fmt.ms(o.latency.p999_ms)}</td>"
@@ -311,7 +313,12 @@ def _ops_table(m: ReportModel) -> str:
         f"<td class=num>{fmt.num(o.drift_pct, 1)} %</td></tr>"
         for o in m.ops
     ]
-    return "<table>" + head + "".join(rows) + "</table>"
+    note = (
+        "<p>No response: the share of arrivals dropped because <code>max_in_flight</code> "
+        "requests were outstanding at the target (failures of class <code>dropped</code>); "
+        "their latency is in no percentile.</p>"
+    )
+    return "<table>" + head + "".join(rows) + "</table>" + note
 
 
 def render(m: ReportModel, criteria: Sequence[Criterion], verdict: str, kind: str) -> str:

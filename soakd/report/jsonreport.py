@@ -17,6 +17,7 @@ from soakd.report.model import (
     AlertSegment,
     ConsolidationReport,
     Criterion,
+    MemoryParts,
     MemoryReport,
     OpReport,
     ReportModel,
@@ -72,6 +73,9 @@ def _op(o: OpReport) -> JSON:
         "ok": o.ok,
         "errors": dict(o.errors),
         "dropped": o.dropped,
+        # dropped arrivals are the target's failures (class "dropped"): no response
+        "failures": o.failures,
+        "no_response_share": o.no_response_share,
         "late": o.late,
         "covered_s": o.covered_s,
         "latency_ms": _lat(o.latency),
@@ -125,8 +129,25 @@ def _memory(mem: MemoryReport) -> JSON:
         "heap_bytes": {"first": mem.heap_first, "last": mem.heap_last, "peak": mem.heap_peak},
         "cpu_mean_pct": mem.cpu_mean_pct,
         "memories_last": mem.memories_last,
+        "judged": mem.fit.series if mem.fit is not None else None,
         "fit": mem.fit.as_dict() if mem.fit is not None else None,
         "heap_fit": mem.heap_fit.as_dict() if mem.heap_fit is not None else None,
+        "rss_fit": mem.rss_fit.as_dict() if mem.rss_fit is not None else None,
+        "parts_first": _parts(mem.parts_first),
+        "parts_last": _parts(mem.parts_last),
+    }
+
+
+def _parts(p: MemoryParts | None) -> JSON | None:
+    if p is None:
+        return None
+    return {
+        "t": iso(p.t),
+        "rss_bytes": p.rss,
+        "anon_bytes": p.anon,
+        "file_bytes": p.file,
+        "shmem_bytes": p.shmem,
+        "available_bytes": p.available,
     }
 
 
@@ -143,6 +164,8 @@ def _criterion(c: Criterion) -> JSON:
         "detail": c.detail,
         "source": c.source,
         "applicable": c.applicable,
+        "note": c.note,
+        "verdict": c.verdict_text,
     }
 
 

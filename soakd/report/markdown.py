@@ -26,7 +26,7 @@ def _c(criteria: Sequence[Criterion], key: str) -> Criterion | None:
 def _mark(c: Criterion | None) -> str:
     if c is None or not c.applicable:
         return "n/a"
-    return "PASS" if c.passed else "FAIL"
+    return c.verdict_text
 
 
 def _summary(m: ReportModel) -> list[str]:
@@ -68,9 +68,21 @@ def _results(m: ReportModel, criteria: Sequence[Criterion]) -> list[str]:
     leak = _c(criteria, "memory_leak")
     half = (mem.rss_max - mem.rss_min) / 2 if mem.rss_max is not None and mem.rss_min else None
     word = "NOT stable"
+    series = mem.fit.series if mem.fit is not None else "anonymous memory"
     if leak is not None and leak.passed:
         following = mem.fit is not None and mem.fit.judged == "follows_data"
-        word = "Growing with the stored data (no leak judged)," if following else "Stable"
+        word = (
+            f"{series[:1].upper()}{series[1:]} growing with the stored data (no leak judged),"
+            if following
+            else f"{series[:1].upper()}{series[1:]} stable"
+        )
+    parts = mem.parts_last
+    split = (
+        f" (anonymous {fmt.bytes_h(parts.anon)}, file-backed {fmt.bytes_h(parts.file)}, "
+        f"shared {fmt.bytes_h(parts.shmem)} at the end)"
+        if parts is not None
+        else ""
+    )
     drift = _c(criteria, "p99_drift")
     drifts = ", ".join(f"{o.op} {o.drift_pct:+.1f} %" for o in m.ops if o.drift_pct is not None)
     c = m.consolidation
@@ -86,15 +98,15 @@ def _results(m: ReportModel, criteria: Sequence[Criterion]) -> list[str]:
     )
     return [
         "## Results",
-        f"- **Memory**: {word} at {fmt.bytes_h(mem.rss_mean)} RSS (±{fmt.bytes_h(half)}); "
-        f"peak {fmt.bytes_h(mem.rss_peak)} — {_mark(leak)}",
+        f"- **Memory**: {word} at {fmt.bytes_h(mem.rss_mean)} RSS (±{fmt.bytes_h(half)})"
+        f"{split}; peak {fmt.bytes_h(mem.rss_peak)} — {_mark(leak)}",
         f"- **Performance**: P99 latency {'stable' if drift and drift.passed else 'NOT stable'} "
         f"(<5% drift required; {drifts or 'not measurable'}) — {_mark(drift)}",
         f"- **Consolidation**: {success} of intervals within tolerance, {cadence} "
         f"— {_mark(_c(criteria, 'consolidation_cadence'))}",
         f"- **Errors**: {crashes} crashes, {bad} data corruption events, "
         f"{m.integrity.lost} lost writes ({m.integrity.checked:,} read back); "
-        f"{req_errors:,} request errors, {dropped:,} dropped arrivals",
+        f"{req_errors:,} request errors, {dropped:,} dropped arrivals (no response)",
         "",
     ]
 
@@ -116,12 +128,23 @@ def _ops_table(ops: Sequence[OpReport]) -> list[str]:
             f"| {fmt.ms(lat.max_ms)} | {fmt.num(o.drift_pct, 1)} % |"
         )
     errs = [
-        f"{o.op}: " + ", ".join(f"{k} {n:,}" for k, n in o.errors.items()) for o in ops if o.errors
+        f"{o.op}: " + ", ".join(f"{k} {n:,}" for k, n in o.failures.items())
+        for o in ops
+        if o.failures
     ]
+    silent = ", ".join(
+        f"{o.op} {o.no_response_share:.1%} ({o.dropped:,} of {o.count + o.dropped:,})"
+        for o in ops
+        if o.op in _PLURAL
+    )
     lines += [
         "",
         "Latency is measured from each request's intended send time (no coordinated "
-        "omission)." + (" Errors by class: " + "; ".join(errs) + "." if errs else ""),
+        "omission)." + (" Failures by class: " + "; ".join(errs) + "." if errs else ""),
+        "",
+        f"Arrivals that got no response (dropped because `max_in_flight` requests were "
+        f"outstanding at the target; failures of class `dropped`, in no percentile above): "
+        f"{silent or 'none'}.",
         "",
     ]
     return lines
@@ -135,7 +158,7 @@ def _criteria(criteria: Sequence[Criterion]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for c in criteria:
-        icon = "n/a" if not c.applicable else ("✅ PASS" if c.passed else "❌ FAIL")
+        icon = "n/a" if not c.applicable else ("✅ " if c.passed else "❌ ") + c.verdict_text
         meas = fmt.num(c.measured) + f" {c.unit}" if c.measured is not None else "n/a"
         thr = f"{c.comparison} {fmt.num(c.threshold)} {c.unit}" if c.threshold is not None else ""
         lines.append(f"| {icon} | {c.name} | {meas} | {thr} | {_cell(c.detail)} |")
@@ -151,20 +174,38 @@ def _memory(m: ReportModel) -> list[str]:
     lines = [
         "## Memory Analysis",
         "- Valgrind / heaptrack: not run by soakd (it watches the target from outside); "
-        "the verdict below is the RSS trend.",
+        f"the verdict below is the {mem.fit.series if mem.fit else 'memory'} trend "
+        "(anonymous memory unless the memory_leak rule chose total RSS: file-backed pages "
+        "of mapped files are reclaimable page cache).",
     ]
+    for label, p in (("after warm-up", mem.parts_first), ("at the end", mem.parts_last)):
+        if p is not None:
+            lines.append(
+                f"- RSS {label}: {fmt.bytes_h(p.rss)} = anonymous {fmt.bytes_h(p.anon)} + "
+                f"file-backed {fmt.bytes_h(p.file)} + shared {fmt.bytes_h(p.shmem)}; "
+                f"available to the target {fmt.bytes_h(p.available)}"
+            )
     fit = mem.fit
     if fit is not None:
         lines.append(
-            f"- RSS trend ({fit.judged}): {fit.pct_per_day:+.2f} %/day, {fit.mb_per_h:+.3f} MB/h, "
+            f"- Judged: {fit.series} trend ({fit.judged}): {fit.pct_per_day:+.2f} %/day, "
+            f"{fit.mb_per_h:+.3f} MB/h, "
             f"R² {fit.r2:.2f}, baseline {fmt.bytes_h(fit.baseline_bytes)} after a "
             f"{mem.warmup_s:g} s warm-up" + (f", {fit.points} points judged" if fit.points else "")
         )
         if fit.data_growing:
             lines.append(
-                f"- Stored memories {fit.memories_first} -> {fit.memories_last}; marginal RSS "
-                f"per memory {fmt.bytes_h(fit.marginal_bytes_per_memory)}"
+                f"- Stored memories {fit.memories_first} -> {fit.memories_last}; marginal "
+                f"{fit.series} per memory {fmt.bytes_h(fit.marginal_bytes_per_memory)} "
+                f"(a leak above {fmt.bytes_h(fit.bytes_per_memory_ceiling)}: 4 x what a "
+                "memory costs)"
             )
+    if mem.rss_fit is not None and mem.rss_fit is not fit:
+        r = mem.rss_fit
+        lines.append(
+            f"- Total RSS trend (not judged): {r.pct_per_day:+.2f} %/day, "
+            f"{r.mb_per_h:+.3f} MB/h, R² {r.r2:.2f}"
+        )
     if mem.heap_fit is not None:
         h = mem.heap_fit
         lines.append(

@@ -33,6 +33,29 @@ class Criterion:
     detail: str
     source: str  # "plan" or "spec alert rule <name>"
     applicable: bool = True  # False: not part of this spec (counts as passed, says so)
+    # Why a criterion passed although its measured figure is beyond its threshold
+    # ("trend not significant (R² 0.74 < 0.8)"): shown first beside the PASS, so the
+    # figure never reads as a contradiction. Empty otherwise.
+    note: str = ""
+
+    @property
+    def beyond_threshold(self) -> bool:
+        """The measured figure fails the comparison with the threshold on its own."""
+        if self.measured is None or self.threshold is None:
+            return False
+        m, t = self.measured, self.threshold
+        holds = {">=": m >= t, "<=": m <= t, "<": m < t, ">": m > t, "==": m == t}
+        return not holds.get(self.comparison, True)
+
+    @property
+    def verdict_text(self) -> str:
+        """PASS / FAIL / n/a, with the reason first when a PASS stands beside a figure
+        beyond its threshold."""
+        if not self.applicable:
+            return "n/a"
+        if not self.passed:
+            return "FAIL"
+        return f"PASS — {self.note}" if self.note else "PASS"
 
 
 @dataclass(frozen=True)
@@ -127,6 +150,21 @@ class OpReport:
         return (self.last_p99_ms - self.baseline_p99_ms) / self.baseline_p99_ms * 100.0
 
     @property
+    def no_response_share(self) -> float:
+        """Share of arrivals that got no response: dropped because ``max_in_flight``
+        requests were outstanding at the target (failures of class ``dropped``)."""
+        arrivals = self.count + self.dropped
+        return self.dropped / arrivals if arrivals else 0.0
+
+    @property
+    def failures(self) -> dict[str, int]:
+        """Failures by class, dropped arrivals included (class ``dropped``)."""
+        out = dict(self.errors)
+        if self.dropped:
+            out["dropped"] = self.dropped
+        return out
+
+    @property
     def error_total(self) -> int:
         return sum(self.errors.values())
 
@@ -149,10 +187,25 @@ class MemoryReport:
     heap_peak: float | None
     cpu_mean_pct: float | None
     memories_last: int | None
-    fit: LeakFit | None
+    fit: LeakFit | None  # the judged memory's (anonymous by default: fit.series says)
     heap_fit: LeakFit | None
     rss_series: tuple[Point, ...] = ()
     heap_series: tuple[Point, ...] = ()
+    rss_fit: LeakFit | None = None  # total RSS, shown even when anonymous memory is judged
+    parts_first: MemoryParts | None = None  # the kernel's split right after warm-up
+    parts_last: MemoryParts | None = None  # ... and at the end
+
+
+@dataclass(frozen=True)
+class MemoryParts:
+    """One reading of RSS and its parts (/proc/PID/status), and available memory."""
+
+    t: float
+    rss: int | None
+    anon: int | None
+    file: int | None
+    shmem: int | None
+    available: int | None
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import functools
 import itertools
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from soakd.model import DRIVEN_OPS, IntervalRecord, Op, Sample
 from soakd.rules.cadence import cadence_summary
+from soakd.rules.exhaustion import EXHAUSTION_WINDOW_S, forecast
 from soakd.rules.inputs import RuleInputs
-from soakd.rules.leak import LeakFit, leak_fit
+from soakd.rules.leak import LEAK_COST_FACTOR, MEMORY_COST_BYTES, LeakFit, leak_fit, memory_field
 from soakd.rules.windows import Windows, cadence_window_s, default_windows
 from soakd.spec.model import AlertKind, AlertRuleSpec
 from soakd.stats import Histogram, merge_blobs, quantile_bounds
@@ -39,6 +41,9 @@ LEAK_MIN_GROWTH_SHARE = 0.01
 LEAK_SUSTAINED_SHARE = 0.5
 #: An error rate needs this many requests in the window.
 ERROR_MIN_COUNT = 20
+#: target_overloaded needs this many dropped arrivals in the window (a share of a
+#: handful is noise).
+OVERLOAD_MIN_DROPPED = 10
 #: soakd is saturated when its event loop lags this much (median over the window)...
 SATURATED_LOOP_LAG_S = 0.25
 #: ...or it burns this share of one core.
@@ -93,6 +98,12 @@ def _percentile(metric: str | None) -> float:
 # -- memory leak ---------------------------------------------------------------
 
 
+def leak_ceiling(rule: AlertRuleSpec | None) -> float:
+    """Marginal bytes per stored memory beyond which growth is a leak while data grows."""
+    cost = rule.memory_cost_bytes if rule is not None and rule.memory_cost_bytes else None
+    return LEAK_COST_FACTOR * (cost or MEMORY_COST_BYTES)
+
+
 def _leak(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResult]:
     fit = leak_fit(
         inputs.samples,
@@ -102,6 +113,8 @@ def _leak(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResul
         now=inputs.now,
         min_span_s=w.leak_min_span_s,
         current_process_only=True,
+        field=memory_field(inputs.samples, rule.memory),
+        bytes_per_memory_ceiling=leak_ceiling(rule),
     )
     active, why = _leak_verdict(rule, fit, w)
     value = fit.judged_pct_per_day if rule.threshold > 0 else fit.judged_mb_per_h
@@ -133,8 +146,9 @@ def leak_verdict(
     if fit.judged == "follows_data":
         per = fit.marginal_bytes_per_memory or 0.0
         return False, (
-            f"RSS growth follows the dataset ({fit.memories_first}->{fit.memories_last} "
-            f"memories, {per / 1024:.1f} KiB per memory): not judged while filling"
+            f"{fit.series} growth follows the dataset ({fit.memories_first}->"
+            f"{fit.memories_last} memories, {per / 1024:.1f} KiB per memory, within "
+            f"{fit.bytes_per_memory_ceiling / 1024:.1f} KiB): not judged while filling"
         )
     pct, mb, r2 = fit.judged_pct_per_day, fit.judged_mb_per_h, fit.judged_r2
     if pct is None or mb is None or r2 is None or fit.span_s < min_span_s:
@@ -148,11 +162,15 @@ def leak_verdict(
         and fit.recent_pct_per_day > 0
         and fit.recent_pct_per_day >= LEAK_SUSTAINED_SHARE * pct
     )
+    per = fit.marginal_bytes_per_memory or 0.0
     where = {
         "after_flat": " since the dataset stopped growing",
-        "exceeds_data": " beyond what the dataset explains",
+        "exceeds_data": (
+            f" beyond what the dataset explains ({per / 1024:.1f} KiB per stored memory "
+            f"> {fit.bytes_per_memory_ceiling / 1024:.1f} KiB)"
+        ),
     }.get(fit.judged, "")
-    text = f"RSS grows {pct:+.1f} %/day ({mb:+.2f} MB/h, R² {r2:.2f}){where}"
+    text = f"{fit.series} grows {pct:+.1f} %/day ({mb:+.2f} MB/h, R² {r2:.2f}){where}"
     growth = fit.judged_growth_bytes or 0.0
     floor = max(LEAK_MIN_GROWTH_BYTES, LEAK_MIN_GROWTH_SHARE * (fit.baseline_bytes or 0.0))
     if growth < floor:
@@ -164,7 +182,31 @@ def leak_verdict(
             False,
             f"{text}; levelling off (second half {fit.recent_pct_per_day or 0:+.1f} %/day)",
         )
+    if (over_pct or over_abs) and r2 < LEAK_MIN_R2:
+        return False, f"{text}; trend not significant (R² {r2:.2f} < {LEAK_MIN_R2:g})"
     return False, text
+
+
+def leak_excuse(fit: LeakFit, *, threshold_pct_per_day: float) -> str | None:
+    """Why a judged figure beyond ``threshold_pct_per_day`` is still not a leak, in a few words.
+
+    None when the figure is within it (or nothing was judged). The report puts
+    this first beside a PASS, so a figure over its threshold never reads as a
+    contradiction.
+    """
+    pct, r2 = fit.judged_pct_per_day, fit.judged_r2
+    if pct is None or r2 is None or threshold_pct_per_day <= 0 or pct <= threshold_pct_per_day:
+        return None
+    growth = fit.judged_growth_bytes or 0.0
+    floor = max(LEAK_MIN_GROWTH_BYTES, LEAK_MIN_GROWTH_SHARE * (fit.baseline_bytes or 0.0))
+    if growth < floor:
+        return f"too little growth to call a trend ({growth / 1e6:.1f} MB < {floor / 1e6:.1f} MB)"
+    if r2 < LEAK_MIN_R2:
+        return f"trend not significant (R² {r2:.2f} < {LEAK_MIN_R2:g})"
+    recent = fit.recent_pct_per_day
+    if recent is None or recent <= 0 or recent < LEAK_SUSTAINED_SHARE * pct:
+        return f"levelling off (second half {recent or 0.0:+.1f} %/day)"
+    return None
 
 
 # -- latency -------------------------------------------------------------------
@@ -356,7 +398,10 @@ def _error_rate(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[Rul
     out: list[RuleResult] = []
     for op in _ops(rule, inputs):
         recs = [r for r in inputs.intervals.get(op, ()) if r.end > lo]
-        count = sum(r.count for r in recs)
+        # An arrival dropped because the target had max_in_flight requests outstanding
+        # is a failure of the target (class "dropped"), not a request left out.
+        dropped = sum(r.dropped for r in recs)
+        count = sum(r.count for r in recs) + dropped
         failed = count - sum(r.ok for r in recs)
         labels = {"op": op.value}
         if count < ERROR_MIN_COUNT:
@@ -364,11 +409,13 @@ def _error_rate(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[Rul
             out.append(_result(rule, False, None, why, labels=labels, judged=False))
             continue
         rate = failed / count
-        keys: dict[str, int] = {}
+        keys: dict[str, int] = {"dropped": dropped} if dropped else {}
         for r in recs:
             for k, n in r.errors.items():
                 keys[k] = keys.get(k, 0) + n
-        why = f"{op} error rate {rate:.2%} ({failed}/{count})"
+        why = f"{op} error rate {rate:.2%} ({failed}/{count})" + (
+            f", {dropped} of them dropped arrivals" if dropped else ""
+        )
         detail = {"count": count, "errors": keys}
         out.append(_result(rule, rate > rule.threshold, rate, why, labels=labels, detail=detail))
     return out
@@ -389,7 +436,9 @@ def _saturated(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[Rule
     lo = inputs.now - (rule.window_s or w.rate_window_s)
     recs = [r for rs in inputs.intervals.values() for r in rs if r.end > lo]
     arrivals = sum(r.count + r.dropped for r in recs)
-    behind = sum(r.late + r.dropped for r in recs)
+    # Late only: an arrival dropped at the in-flight cap is the target's failure
+    # (target_overloaded), not a sign that soakd fell behind.
+    behind = sum(r.late for r in recs)
     share = behind / arrivals if arrivals else 0.0
     recent = [s for s in inputs.samples if s.t >= lo]
     lags = [s.loop_lag_s for s in recent if s.loop_lag_s is not None]
@@ -397,14 +446,64 @@ def _saturated(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[Rule
     cpu = _cpu_cores(recent, "self")
     reasons = []
     if arrivals and share > rule.threshold:
-        reasons.append(f"{share:.2%} of arrivals late or dropped")
+        reasons.append(f"{share:.2%} of arrivals sent late (soakd's loop behind)")
     if lag > SATURATED_LOOP_LAG_S:
         reasons.append(f"event-loop lag {lag * 1000:.0f} ms")
     if cpu is not None and cpu > SATURATED_CPU_CORES:
         reasons.append(f"soakd uses {cpu:.0%} of a core")
     why = "; ".join(reasons) or "soakd keeps up"
-    detail = {"late_or_dropped_share": share, "loop_lag_s": lag, "cpu_cores": cpu}
+    detail = {"late_share": share, "loop_lag_s": lag, "cpu_cores": cpu}
     return [_result(rule, bool(reasons), share, why, detail=detail)]
+
+
+def _overloaded(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResult]:
+    """Per operation: the share of arrivals dropped because max_in_flight requests were
+    outstanding at the target (the target is not keeping up; soakd's lateness is
+    soakd_saturated's)."""
+    lo = inputs.now - (rule.window_s or w.rate_window_s)
+    out: list[RuleResult] = []
+    for op in _ops(rule, inputs):
+        recs = [r for r in inputs.intervals.get(op, ()) if r.end > lo]
+        dropped = sum(r.dropped for r in recs)
+        arrivals = sum(r.count for r in recs) + dropped
+        share = dropped / arrivals if arrivals else 0.0
+        labels = {"op": op.value}
+        active = dropped >= OVERLOAD_MIN_DROPPED and share > rule.threshold
+        why = (
+            f"{op}: {share:.1%} of arrivals dropped ({dropped:,} of {arrivals:,}): the target "
+            "had max_in_flight requests outstanding and got no more"
+            if dropped
+            else f"{op}: no arrival dropped ({arrivals:,} arrivals)"
+        )
+        detail = {"dropped": dropped, "arrivals": arrivals, "dropped_share": share}
+        out.append(
+            _result(rule, active, share, why, labels=labels, detail=detail, judged=arrivals > 0)
+        )
+    return out
+
+
+def _exhaustion(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResult]:
+    """Available memory runs out within the horizon (``threshold`` seconds) at the current
+    anonymous-memory growth; no warm-up (see soakd.rules.exhaustion)."""
+    f = forecast(inputs.samples, inputs.now, rule.window_s or EXHAUSTION_WINDOW_S)
+    horizon = rule.threshold
+    detail = {**f.as_dict(), "horizon_s": horizon}
+    if f.seconds_left is None or f.slope_bytes_per_s is None:
+        # Too few samples, or available memory unread: no verdict, so a firing page holds.
+        judged = f.slope_bytes_per_s is not None and f.available_bytes is not None
+        return [_result(rule, False, None, f.why_not or "not judged", detail=detail, judged=judged)]
+    at = inputs.now + f.seconds_left
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+    hours = f.seconds_left / 3600.0
+    active = f.seconds_left <= horizon
+    why = (
+        f"anonymous memory grows {f.slope_bytes_per_s * 3600 / 1e6:+.0f} MB/h "
+        f"(R² {f.r2 or 0.0:.2f}, {f.span_s / 60:.0f} min fit): the "
+        f"{(f.available_bytes or 0.0) / 1e9:.1f} GB available runs out in ~{hours:.1f} h, at "
+        f"{when} ({'within' if active else 'beyond'} the {horizon / 3600:g} h horizon)"
+    )
+    detail["exhausted_at"] = at
+    return [_result(rule, active, hours, why, detail=detail)]
 
 
 def _cpu_cores(samples: Sequence[Sample], who: str) -> float | None:
@@ -463,8 +562,8 @@ def threshold_value(metric: str, inputs: RuleInputs, window_s: float) -> float |
     name, _, op_name = metric.partition(":")
     if op_name:
         recs = [r for r in inputs.intervals.get(Op(op_name), ()) if r.end > lo]
-        if name == "error_rate":
-            count = sum(r.count for r in recs)
+        if name == "error_rate":  # dropped arrivals count as failures, as in _error_rate
+            count = sum(r.count + r.dropped for r in recs)
             return (count - sum(r.ok for r in recs)) / count if count else None
         hist = merge_blobs(r.response_hist for r in recs)
         return hist.percentile_ms(_percentile(name)) if hist.count else None
@@ -496,6 +595,8 @@ _KINDS: dict[AlertKind, Callable[[AlertRuleSpec, RuleInputs, Windows], list[Rule
     AlertKind.SOAKD_SATURATED: _saturated,
     AlertKind.DISK_SPACE: _disk,
     AlertKind.THRESHOLD: _threshold,
+    AlertKind.MEMORY_EXHAUSTION: _exhaustion,
+    AlertKind.TARGET_OVERLOADED: _overloaded,
 }
 
 

@@ -85,7 +85,12 @@ def _horizons(
     for r in rules:
         if r.window_s is None:
             continue
-        if r.kind in (AlertKind.MEMORY_LEAK, AlertKind.THRESHOLD, AlertKind.SOAKD_SATURATED):
+        if r.kind in (
+            AlertKind.MEMORY_LEAK,
+            AlertKind.MEMORY_EXHAUSTION,
+            AlertKind.THRESHOLD,
+            AlertKind.SOAKD_SATURATED,
+        ):
             sample_w = max(sample_w, r.window_s)
         if r.kind is AlertKind.CONSOLIDATION_FAILURE:
             cons_w = max(cons_w, r.window_s)

@@ -1,4 +1,9 @@
-"""The memory-leak fit: is RSS growing, and is the growth explained by the data?
+"""The memory-leak fit: is memory growing, and is the growth explained by the data?
+
+What is fitted is a Sample field: anonymous memory (``rss_anon_bytes``, the
+memory that can leak) by default, total RSS when a rule asks for it
+(:func:`memory_field`). File-backed pages of mapped data files count in RSS
+but are reclaimable page cache: Engram maps 3.1 GB per space (engram-api.md §7).
 
 A leak is growth that does not follow the dataset. Engram caps each space at
 100k memories, so a soak at the plan's rates spends its first hours *filling*:
@@ -11,8 +16,9 @@ cannot be separated by any fit; :func:`leak_fit` therefore judges
 * ``after_flat``: the RSS trend since the count became flat, when the window
   starts while filling and ends with a long enough flat stretch;
 * ``follows_data``: nothing, while the count is still growing, unless the
-  marginal cost per stored memory is beyond any plausible record
-  (``bytes_per_memory_ceiling``), which is then ``exceeds_data``.
+  marginal cost per stored memory is far beyond what a memory costs
+  (``bytes_per_memory_ceiling``: :data:`LEAK_COST_FACTOR` times
+  :data:`MEMORY_COST_BYTES` by default), which is then ``exceeds_data``.
 
 The figure judged is the Theil–Sen slope, as percent of the post-warm-up
 baseline per day and as MB/h (Engram's own plan flags > 10 MB/h at R² > 0.8),
@@ -28,15 +34,43 @@ from dataclasses import dataclass
 
 from soakd.model import Sample
 from soakd.rules.fit import Line, fit_line
+from soakd.spec.model import MemorySeries
 
 #: Fewest samples a fit is made from.
 MIN_FIT_POINTS = 10
 #: Memory-count change under which the dataset counts as flat (relative, absolute).
 FLAT_RELATIVE = 0.005
 FLAT_ABSOLUTE = 10
-#: A stored memory costs a few KiB in Engram (768 x f32 = 3 KiB plus content and
-#: index); a marginal cost above this is growth the data cannot explain.
-BYTES_PER_MEMORY_CEILING = 256 * 1024
+#: What one stored memory costs in Engram: the 768 x f32 embedding (3,072 B), its
+#: content and metadata (~1 KiB for the short texts a soak stores) and its index
+#: entries (~0.5 KiB of graph links); docs/spec.md ("What a memory costs").
+MEMORY_COST_BYTES = 768 * 4 + 1024 + 512
+#: Marginal growth per stored memory beyond this many times its cost is a leak, even
+#: while the data grows (allocator slack and caches stay well under it).
+LEAK_COST_FACTOR = 4.0
+BYTES_PER_MEMORY_CEILING = LEAK_COST_FACTOR * MEMORY_COST_BYTES
+#: The name in words of each Sample field a leak fit may judge.
+SERIES_WORDS = {
+    "rss_anon_bytes": "anonymous memory",
+    "heap_bytes": "anonymous memory",
+    "rss_bytes": "RSS",
+}
+
+
+def memory_field(samples: Sequence[Sample], series: MemorySeries) -> str:
+    """The Sample field that holds ``series`` in these samples.
+
+    Anonymous memory is ``rss_anon_bytes``; samples from before that field
+    existed carry the same figure as ``heap_bytes`` (RssAnon). With neither, the
+    fit falls back to RSS, and says so through the field it names.
+    """
+    if series is MemorySeries.RSS:
+        return "rss_bytes"
+    for name in ("rss_anon_bytes", "heap_bytes"):
+        if any(getattr(s, name) is not None for s in samples):
+            return name
+    return "rss_bytes"
+
 
 _DAY_S = 86400.0
 
@@ -67,6 +101,13 @@ class LeakFit:
     judged_r2: float | None
     recent_pct_per_day: float | None  # slope over the judged stretch's second half
     judged_growth_bytes: float | None  # the judged slope times the judged span
+    field: str = "rss_bytes"  # the Sample field fitted
+    bytes_per_memory_ceiling: float = BYTES_PER_MEMORY_CEILING
+
+    @property
+    def series(self) -> str:
+        """The memory fitted, in words ("anonymous memory", "RSS")."""
+        return SERIES_WORDS.get(self.field, self.field)
 
     def as_dict(self) -> dict[str, object]:
         """Every field, for the rule's detail and the report."""
@@ -216,6 +257,8 @@ def leak_fit(
         judged_r2=fig.r2,
         recent_pct_per_day=fig.recent,
         judged_growth_bytes=fig.growth,
+        field=field,
+        bytes_per_memory_ceiling=bytes_per_memory_ceiling,
     )
 
 

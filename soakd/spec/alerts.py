@@ -37,7 +37,7 @@ from soakd.spec.fields import (
     key_text,
     short,
 )
-from soakd.spec.model import AlertKind, AlertRuleSpec
+from soakd.spec.model import AlertKind, AlertRuleSpec, MemorySeries
 from soakd.spec.phrases import parse_alert_phrase
 from soakd.spec.workload import DRIVEN_OPERATIONS
 
@@ -51,6 +51,8 @@ _OPTION_KEYS = (
     "condition",
     "threshold",
     "abs_mb_per_h",
+    "memory",
+    "memory_cost",
     "window",
     "for",
     "severity",
@@ -196,6 +198,13 @@ def _options(
         "annotations", base.annotations, lambda n, p: _pairs(ctx, n, p, _annotation_key)
     )
     operations = s.read("operations", base.operations, lambda n, p: _operations(ctx, n, p, driven))
+    for key in ("memory", "memory_cost"):
+        if s.has(key) and base.kind is not AlertKind.MEMORY_LEAK:
+            ctx.add(s.at(key), s.node(key), f"'{key}' applies to memory_leak rules only")
+    memory = MemorySeries(
+        s.choice("memory", base.memory.value, [m.value for m in MemorySeries]) or base.memory.value
+    )
+    cost = s.read("memory_cost", None, lambda n, p: _bytes(ctx, n, p))
     return dataclasses.replace(
         base,
         for_s=for_s,
@@ -204,6 +213,8 @@ def _options(
         labels=labels,
         annotations=annotations,
         operations=operations,
+        memory=memory,
+        memory_cost_bytes=cost if cost else base.memory_cost_bytes,
     )
 
 
@@ -307,6 +318,10 @@ def _drift(ctx: Ctx, node: yaml.Node, path: str) -> float | None:
     return as_duration(ctx, node, path, above_zero=True)
 
 
+def _horizon(ctx: Ctx, node: yaml.Node, path: str) -> float | None:
+    return as_duration(ctx, node, path, above_zero=True)
+
+
 def _bytes(ctx: Ctx, node: yaml.Node, path: str) -> float | None:
     value = as_size(ctx, node, path)
     return None if value is None else float(value)
@@ -322,6 +337,8 @@ _THRESHOLDS: dict[AlertKind, Callable[[Ctx, yaml.Node, str], float | None]] = {
     AlertKind.SOAKD_SATURATED: _fraction,
     AlertKind.DISK_SPACE: _bytes,
     AlertKind.THRESHOLD: _any,
+    AlertKind.MEMORY_EXHAUSTION: _horizon,
+    AlertKind.TARGET_OVERLOADED: _fraction,
 }
 
 
@@ -426,7 +443,18 @@ IMPLICIT_KINDS: tuple[tuple[AlertKind, float, str], ...] = (
     (
         AlertKind.SOAKD_SATURATED,
         0.05,
-        "over 5 % of arrivals late or dropped: soakd's own figures are in doubt",
+        "over 5 % of arrivals sent late (soakd's loop behind): soakd's own figures are in doubt",
+    ),
+    (
+        AlertKind.TARGET_OVERLOADED,
+        0.01,
+        "over 1 % of an operation's arrivals dropped: the target had max_in_flight "
+        "requests outstanding and is not keeping up",
+    ),
+    (
+        AlertKind.MEMORY_EXHAUSTION,
+        86400.0,
+        "at the current anonymous-memory growth the target's available memory runs out within 24 h",
     ),
 )
 

@@ -57,6 +57,15 @@ class AlertKind(enum.StrEnum):
     SOAKD_SATURATED = "soakd_saturated"
     DISK_SPACE = "disk_space"
     THRESHOLD = "threshold"  # the structured form: metric, condition, threshold
+    MEMORY_EXHAUSTION = "memory_exhaustion"  # available memory runs out within a horizon
+    TARGET_OVERLOADED = "target_overloaded"  # arrivals dropped at the in-flight cap
+
+
+class MemorySeries(enum.StrEnum):
+    """Which memory a memory rule judges (docs/spec.md, "Which memory")."""
+
+    ANON = "anon"  # RssAnon: heap and other anonymous pages, the memory that can leak
+    RSS = "rss"  # total resident set, file-backed page cache included
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,8 @@ class AlertRuleSpec:
 
     ``threshold`` is in the unit its kind implies: memory_leak percent per day,
     performance_degradation percent over baseline, consolidation_failure
-    seconds of drift, error_rate a fraction (0.01 = 1 %).
+    seconds of drift, error_rate a fraction (0.01 = 1 %), memory_exhaustion
+    the horizon in seconds, target_overloaded a fraction of arrivals dropped.
     """
 
     name: str
@@ -79,6 +89,8 @@ class AlertRuleSpec:
     condition: str = ">"  # THRESHOLD kind: ">", ">=", "<", "<="
     operations: tuple[str, ...] = ()  # empty: every driven operation
     abs_mb_per_h: float | None = None  # memory_leak: the absolute form (Engram's 10 MB/h)
+    memory: MemorySeries = MemorySeries.ANON  # memory_leak: which memory is judged
+    memory_cost_bytes: float | None = None  # memory_leak: what one stored memory costs
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
 
@@ -139,6 +151,9 @@ class TargetSpec:
     restart_max: int = 5
     restart_backoff_s: float = 1.0
     startup_timeout_s: float = 30.0
+    # Each set-up call (listing, creating a space) may take this long: Engram
+    # takes ~11 s per new space and serialises them (engram-api.md §7).
+    setup_timeout_s: float = 120.0
     # Connections soakd keeps to the target. A stalled server holds at most
     # this many requests "sent"; the rest wait for a connection, which counts
     # as schedule lag, so service time stays what a closed-loop client sees.

@@ -50,6 +50,7 @@ TARGET_KEYS: tuple[str, ...] = (
     "restart_max",
     "restart_backoff",
     "startup_timeout",
+    "setup_timeout",
     "max_connections",
 )
 SAMPLING_KEYS = ("interval", "uss_interval", "stats_interval", "flush_interval", "min_free_disk")
@@ -122,6 +123,9 @@ def read_target(ctx: Ctx, node: yaml.Node | None) -> TargetSpec:
         restart_backoff_s=s.duration("restart_backoff", default.restart_backoff_s, maximum=3600.0),
         startup_timeout_s=s.duration(
             "startup_timeout", default.startup_timeout_s, above_zero=True, maximum=3600.0
+        ),
+        setup_timeout_s=s.duration(
+            "setup_timeout", default.setup_timeout_s, above_zero=True, maximum=3600.0
         ),
         max_connections=s.integer("max_connections", default.max_connections, 1, 100_000),
     )

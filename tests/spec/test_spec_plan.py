@@ -68,6 +68,8 @@ def test_plan_spec_every_key() -> None:
         AlertKind.INTEGRITY,
         AlertKind.SOAKD_SATURATED,
         AlertKind.DISK_SPACE,
+        AlertKind.TARGET_OVERLOADED,
+        AlertKind.MEMORY_EXHAUSTION,
     }
     assert spec.space_count == 10
     assert re.fullmatch(r"[0-9a-f]{64}", spec.fingerprint)

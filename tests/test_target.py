@@ -15,8 +15,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import structlog.testing
 
 from soakd.clock import SystemClock
+from soakd.engram import EngramClient
 from soakd.errors import StartupError
 from soakd.model import Event
 from soakd.sampler import Sampler
@@ -702,3 +704,20 @@ def test_is_local_host() -> None:
         assert is_local_host(host), host
     for host in ("192.0.2.10", "no-such-host.invalid"):
         assert not is_local_host(host), host
+
+
+async def test_a_booting_targets_refusals_are_debug_and_a_later_one_is_info() -> None:
+    """Health probes against a target not listening yet log at debug, not info (issue 19).
+
+    The first refusal a measured request meets afterwards is still logged at info.
+    """
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    with structlog.testing.capture_logs() as logs:
+        async with EngramClient(url, clock=SystemClock(), timeout_s=5) as client:
+            assert await client.alive() is False
+            assert await client.alive() is False
+            probed = [(e["log_level"], e["event"]) for e in logs]
+            ex = await client.exchange("GET", "/api/v1/spaces")
+    assert ex.failure is not None
+    assert probed == [("debug", "engram_not_answering_yet")] * 2
+    assert [(e["log_level"], e["event"]) for e in logs][2:] == [("info", "engram_request_failed")]

@@ -9,6 +9,7 @@ log line clears it, prints, and draws it again below, so the two never share a l
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from typing import TextIO
@@ -31,10 +32,15 @@ class TerminalLine:
         self._text = ""
 
     def show(self, text: str) -> None:
-        """Replace the live line with ``text`` (no newline: the next show overwrites it)."""
+        """Replace the live line with ``text`` (no newline: the next show overwrites it).
+
+        Cut to the terminal's width: a line that wraps cannot be taken back with a
+        carriage return, and each redraw would leave its first rows behind.
+        """
         with self._lock:
-            self._text = text
-            self._write(_CLEAR_LINE + text)
+            width = self._columns()
+            self._text = text if width is None or len(text) < width else text[: width - 1]
+            self._write(_CLEAR_LINE + self._text)
 
     def end(self) -> None:
         """Leave the live line as it is, end it with a newline, and stop redrawing it."""
@@ -50,6 +56,12 @@ class TerminalLine:
                 self._write(f"{_CLEAR_LINE}{line}\n{self._text}")
             else:
                 self._write(line + "\n")
+
+    def _columns(self) -> int | None:
+        try:
+            return os.get_terminal_size((self._stream or sys.stderr).fileno()).columns
+        except (AttributeError, OSError, ValueError):  # not a terminal: nothing wraps
+            return None
 
     def _write(self, text: str) -> None:
         stream = self._stream or sys.stderr

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import pty
+import struct
+import termios
 import threading
 
 import pytest
@@ -120,3 +125,27 @@ def test_log_lines_from_threads_are_never_cut_by_the_progress_line() -> None:
     rows = [row.rpartition("\x1b[2K")[2] for row in out.getvalue().split("\n")]
     logged = [r for r in rows if r.startswith("worker")]
     assert len(logged) == 600 and all(r.split()[2] == "line" for r in logged)
+
+
+def test_the_live_line_is_cut_to_the_terminals_width() -> None:
+    """On an 80-column terminal the line stays within one row, so \\r can redraw it."""
+    main, sub = pty.openpty()
+    try:
+        fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        with os.fdopen(sub, "w", closefd=False) as tty:
+            line = TerminalLine(tty)
+            line.show("x" * 200)
+            line.print_line("a log line longer than the terminal is not cut: " + "y" * 100)
+        out = os.read(main, 4096).decode()
+    finally:
+        os.close(main)
+        os.close(sub)
+    rows = out.replace("\r\n", "\n").split("\n")
+    assert (
+        rows[0]
+        == "\r\x1b[2K"
+        + "x" * 79
+        + "\r\x1b[2Ka log line longer than the terminal is not cut: "
+        + "y" * 100
+    )
+    assert rows[1] == "x" * 79

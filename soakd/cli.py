@@ -27,7 +27,7 @@ from soakd.alerting import Dispatcher, format_test_results
 from soakd.clock import SystemClock
 from soakd.daemon import Daemon, RunOptions
 from soakd.errors import ExitCode, SoakdError, SpecError, UsageError
-from soakd.logs import configure
+from soakd.logs import configure, terminal
 from soakd.reference.cli import main as reference_main
 from soakd.report import stored_spec, write_reports
 from soakd.spec import load_spec, load_spec_text, parse_duration
@@ -164,8 +164,7 @@ def cmd_run(args: argparse.Namespace, demo: bool = False) -> int:
     )
     daemon = Daemon(options)
     outcome = uvloop.run(daemon.serve())
-    if options.progress:
-        sys.stderr.write("\n")
+    terminal.end()  # the last progress line stays; what follows starts below it
     print(f"run {outcome.run_id}: {outcome.status}, verdict {outcome.verdict}")
     if not outcome.report_paths:
         print(

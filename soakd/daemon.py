@@ -21,7 +21,6 @@ import functools
 import json
 import signal
 import sqlite3
-import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from soakd.engram import EngramClient
 from soakd.errors import ExitCode, StartupError
 from soakd.exporter import Exporter
 from soakd.integrity import IntegrityChecker
+from soakd.logs import terminal
 from soakd.model import Alert, AlertState, AlertTransition, Clock, Event, Op, OpResult, Sample
 from soakd.progress import build_status, progress_line
 from soakd.report import (
@@ -792,8 +792,7 @@ class Daemon:
         if self.notifier.enabled:
             self.notifier.status(status_line(status))
         if self.options.progress:
-            sys.stderr.write("\r\x1b[2K" + progress_line(status))
-            sys.stderr.flush()
+            terminal.show(progress_line(status))  # log lines print above it (soakd.logs)
 
     async def _checkpoint(self) -> None:
         info = self.opened.info

@@ -157,6 +157,7 @@ class EngramClient:
         self._route_problem: dict[str, str | None] = {}
         #: Why the last /health/alive probe was not a 200 (None: it was).
         self.last_alive_problem: str | None = None
+        self._probes = 0  # health probes in flight: their refusals are "not up yet"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # ``sent_ns`` is when the request went onto a connection, not when we
         # asked for one: waiting for a free pooled connection is client-side
@@ -236,6 +237,12 @@ class EngramClient:
 
     def _log_once(self, exc: BaseException, expected: bool) -> None:
         name = type(exc).__qualname__
+        if expected and self._probes:
+            # A target that is booting refuses connections: that is what the health
+            # wait is for, not news (the wait says so itself if it gives up). Not
+            # remembered, so the first such failure under load is still logged.
+            log.debug("engram_not_answering_yet", error_type=name, error=str(exc)[:300])
+            return
         if name in self._logged_types:
             return
         self._logged_types.add(name)
@@ -377,8 +384,13 @@ class EngramClient:
     # -- unmeasured calls ----------------------------------------------------------
 
     async def alive(self, timeout_s: float = 2.0) -> bool:
-        """``GET /health/alive`` answered 200 (else :attr:`last_alive_problem` says why)."""
-        ex = await self.exchange("GET", "/health/alive", timeout_s=timeout_s)
+        """``GET /health/alive`` answered 200 (else :attr:`last_alive_problem` says why); a
+        refused connection is logged at debug only."""
+        self._probes += 1
+        try:
+            ex = await self.exchange("GET", "/health/alive", timeout_s=timeout_s)
+        finally:
+            self._probes -= 1
         ok = ex.failure is None and ex.status == 200
         problem = call_problem("GET", "/health/alive", ex, timeout_s)
         self.last_alive_problem = None if ok else problem or f"answered {ex.status}"

@@ -291,7 +291,8 @@ class Exporter:
         """Stop serving; safe to call twice."""
         runner, self._runner = self._runner, None
         if runner is not None:
-            await asyncio.wait_for(runner.cleanup(), timeout=10.0)
+            async with asyncio.timeout(10.0):
+                await runner.cleanup()
 
     async def _handle_metrics(self, request: web.Request) -> web.Response:
         # Always the 0.0.4 text format: promtool can lint it and every Prometheus reads it.

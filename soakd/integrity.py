@@ -211,8 +211,11 @@ class IntegrityChecker:
         """The head of the queue once it is due; ``None`` after an idle wait."""
         if not self._queue:
             self._wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when a
+            # cancellation lands as the event is set, and this loop would run on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=_IDLE_WAIT_S)
+                async with asyncio.timeout(_IDLE_WAIT_S):
+                    await self._wake.wait()
             return None
         head = self._queue[0]
         if head.due_ns > self._clock.monotonic_ns():

@@ -85,9 +85,20 @@ def build_status(
     }
 
 
+BAR_WIDTH = 30
+
+
 def progress_line(status: Mapping[str, object]) -> str:
-    """``12.3/168.0 h  store 100.0/s p99 3.1ms err 0 | ...  alerts: 0`` (one line)."""
-    parts = [f"{status.get('hours_done', 0)}/{status.get('hours_planned', 0)} h"]
+    """``26h10m/168h [====>   ] 15.6% | store 100.0/s p99 3.1ms err 0 drop 0 | alerts firing: 0``.
+
+    Elapsed and planned time in the units a reader counts in (as k6 shows them),
+    and a bar, rather than fractions of an hour that read 0.01/0.01 h in a demo.
+    """
+    elapsed = _seconds(status.get("elapsed_s"))
+    planned = _seconds(status.get("planned_s"))
+    parts = [f"{clock_span(elapsed, planned)}/{clock_span(planned, planned, total=True)}"]
+    if planned > 0:
+        parts[0] += f" {bar(elapsed / planned)} {min(100.0, 100 * elapsed / planned):.1f}%"
     ops = status.get("operations")
     if isinstance(ops, Mapping):
         for name, o in ops.items():
@@ -100,3 +111,31 @@ def progress_line(status: Mapping[str, object]) -> str:
     n = len(firing) if isinstance(firing, list) else 0
     parts.append(f"alerts firing: {n}")
     return " | ".join(parts)
+
+
+def clock_span(seconds: float, scale_s: float, *, total: bool = False) -> str:
+    """``00m12s`` when ``scale_s`` (the run's length) is under an hour, else ``26h10m``.
+
+    Both ends of ``elapsed/total`` take the total's units, so they line up and
+    the seconds of a week-long run do not flicker. A total of whole hours drops
+    its minutes (``168h``). Elapsed time is truncated, never rounded past the truth.
+    """
+    whole = max(0, int(seconds))
+    if scale_s < 3600:
+        return f"{whole // 60:02d}m{whole % 60:02d}s"
+    hours, minutes = whole // 3600, whole % 3600 // 60
+    if total and minutes == 0:
+        return f"{hours:02d}h"
+    return f"{hours:02d}h{minutes:02d}m"
+
+
+def bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    """``[=========>          ]``: ``fraction`` of ``width`` filled, clipped to 0..1."""
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    if filled >= width:
+        return "[" + "=" * width + "]"
+    return "[" + "=" * filled + ">" + " " * (width - filled - 1) + "]"
+
+
+def _seconds(v: object) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0.0

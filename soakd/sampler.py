@@ -516,14 +516,21 @@ class Sampler:
             return
         now_wall = self._clock.wall()
         job = asyncio.ensure_future(asyncio.to_thread(self._sample, now_wall))
+        # asyncio.wait, not wait_for(shield(job)): on Python 3.11 wait_for returns the
+        # result when a cancellation lands as the job completes, and the loop ticked on
+        # after its cancel. wait() neither catches the cancellation nor cancels the job.
         try:
-            sample, events = await asyncio.wait_for(asyncio.shield(job), TICK_TIMEOUT_S)
-        except TimeoutError:
+            await asyncio.wait((job,), timeout=TICK_TIMEOUT_S)
+        except asyncio.CancelledError:
+            job.add_done_callback(_discard_outcome)  # the thread finishes on its own
+            raise
+        if not job.done():
             log.warning("sampler tick took too long; abandoned", timeout_s=TICK_TIMEOUT_S)
             self._stuck = job
-            job.add_done_callback(lambda f: f.cancelled() or f.exception())  # ends on its own
+            job.add_done_callback(_discard_outcome)
             self.skipped_ticks += 1
             return
+        sample, events = job.result()
         for event in events:
             self._emit(event)
         self.ticks += 1
@@ -541,12 +548,20 @@ class Sampler:
         """Refresh the data size (memories stored) under a timeout; None when it fails."""
         try:
             # Bounded, but not so tightly that a busy loop turns every poll into a timeout.
-            self._memories = await asyncio.wait_for(fn(), max(self._memories_s, 5.0))
+            # asyncio.timeout, not wait_for: see _tick.
+            async with asyncio.timeout(max(self._memories_s, 5.0)):
+                self._memories = await fn()
         except Exception as exc:  # a failed poll must not end sampling
             self._memories = None
             if "memories" not in self._reported:
                 self._reported.add("memories")
                 log.warning("memories poll failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _discard_outcome(job: asyncio.Future[T]) -> None:
+    """Retrieve an abandoned job's outcome, so asyncio does not log it as never retrieved."""
+    if not job.cancelled():
+        job.exception()
 
 
 def side_named(side: set[asyncio.Task[None]], name: str) -> bool:

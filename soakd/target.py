@@ -250,7 +250,8 @@ async def systemd_main_pid(unit: str) -> int | None:
         stdin=asyncio.subprocess.DEVNULL,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), SYSTEMCTL_TIMEOUT_S)
+        async with asyncio.timeout(SYSTEMCTL_TIMEOUT_S):
+            out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -600,7 +601,11 @@ class Target:
                 )
                 raise StartupError(self._startup_message(why))
             try:
-                if await asyncio.wait_for(alive(), min(remaining_s, ALIVE_PROBE_TIMEOUT_S)):
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation that lands as the probe answers, and this loop would poll on.
+                async with asyncio.timeout(min(remaining_s, ALIVE_PROBE_TIMEOUT_S)):
+                    healthy = await alive()
+                if healthy:
                     return
                 last_error = (why_not() if why_not is not None else None) or last_error
             except TimeoutError:
@@ -762,7 +767,9 @@ class Target:
             if self._popen is not None and self._popen.poll() is not None:
                 return False  # died again; watch() records it on its next pass
             with contextlib.suppress(Exception):
-                if await asyncio.wait_for(self._alive(), ALIVE_PROBE_TIMEOUT_S):
+                async with asyncio.timeout(ALIVE_PROBE_TIMEOUT_S):  # not wait_for: see above
+                    healthy = await self._alive()
+                if healthy:
                     return True
             await self._sleep(min(deadline, self._clock.monotonic_ns() + int(HEALTH_POLL_S * 1e9)))
         log.warning("relaunched target not healthy in time", pid=found.pid)

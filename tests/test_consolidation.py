@@ -315,6 +315,7 @@ async def live_watcher(
         await asyncio.to_thread(proc.stop)
 
 
+@pytest.mark.timing  # a measured median interval
 async def test_reference_runs_are_seen_at_its_cadence() -> None:
     """The reference's short consolidation interval is measured from its generated_at."""
     # A wide tolerance: this machine is shared, and the test is about measuring, not judging.
@@ -327,6 +328,7 @@ async def test_reference_runs_are_seen_at_its_cadence() -> None:
         assert "consolidation_stalled" not in [e.kind for e in events]
 
 
+@pytest.mark.timing  # a stall is judged against a 0.3 s tolerance in real time
 async def test_reference_consolidation_stall_is_flagged() -> None:
     """The reference's consolidation-stall knob is reported as a stall, once."""
     async with live_watcher("--consolidation-stall-after", "1200ms") as (watcher, _, events):

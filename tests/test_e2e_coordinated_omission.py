@@ -13,6 +13,9 @@ from soakd.errors import ExitCode
 from soakd.spec import load_spec_text
 from soakd.testing import free_port, soak_spec
 
+#: Asserts on P99 response and service times: runs in the serial phase (`make test`).
+pytestmark = pytest.mark.timing
+
 
 @pytest.mark.slow
 async def test_stall_shows_in_response_time_while_service_time_stays_low(tmp_path: Path) -> None:

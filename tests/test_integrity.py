@@ -331,3 +331,41 @@ async def test_restored_read_backs_keep_their_due_time(server: MemoryServer) -> 
         clock.advance(100_000_000)
         await async_wait_for(lambda: r.checker.checked == 2, what="the second at its due time")
         assert server.gets == [w.memory_id(0), w.memory_id(1)]
+
+
+async def test_run_stops_when_cancelled_as_a_write_wakes_it() -> None:
+    """Cancelling run() ends it even when the cancel lands as a new write wakes its idle wait.
+
+    The cancel comes 0, 1, 2, ... loop steps after the write. Python 3.11's ``wait_for``
+    returned normally when both landed in one loop pass, and the loop went on waiting for
+    the write to come due, cancelled or not (issue 19).
+    """
+    w = Workload(5, "it", ["space_01"], RecallOptions(), SpreadOptions())
+    kept_running: list[int] = []
+    for steps in range(12):
+        c = IntegrityChecker(
+            None,  # type: ignore[arg-type]  # nothing comes due: the client is never used
+            w,
+            FakeClock(),
+            sample_fraction=1.0,
+            delay_s=60,
+            max_pending=10,
+            sink=lambda r: None,
+        )
+        task = asyncio.create_task(c.run())
+        for _ in range(5):  # into the idle wait
+            await asyncio.sleep(0)
+        c.on_result(OpResult(Op.STORE, "space_01", 0, 0, 0, Outcome.OK, 201, None, "soak_it_1"))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        for _ in range(100):
+            if task.done():
+                break
+            await asyncio.sleep(0)
+        if not (task.done() and task.cancelled()):
+            kept_running.append(steps)
+            task.cancel()  # parked on the fake clock now: this one lands
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert kept_running == [], f"run() went on after a cancel {kept_running} steps after a write"

@@ -7,10 +7,11 @@ import contextlib
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import pytest
@@ -21,6 +22,8 @@ from soakd.model import Event, Sample
 from soakd.sampler import Sampler, dir_size_bytes, read_heap_bytes, read_smaps_anonymous
 from soakd.target import ProcessId
 from soakd.testing import async_wait_for
+
+T = TypeVar("T")
 
 PID = 4242
 CREATE = 1_700_000_000.0
@@ -507,3 +510,55 @@ async def test_run_measures_the_data_dir_in_the_background(tmp_path: Path) -> No
             await task
     sizes = [s.data_dir_bytes for s in samples if s.data_dir_bytes is not None]
     assert sizes and min(sizes) >= 100_000
+
+
+async def test_run_stops_when_cancelled_at_any_point_of_a_tick(
+    proc_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling run() ends it wherever the tick is, even as the tick's read completes.
+
+    The read is held on a gate the test opens, then run() is cancelled 0, 1, 2, ... loop
+    steps later -- every point from "read in flight" to "parked until the next tick".
+    Python 3.11's ``wait_for`` returned the read's result instead of the cancellation
+    when both arrived in one loop pass, and the sampler ticked on forever (issue 19).
+    """
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    reads: list[int] = []
+
+    async def gated_to_thread(fn: Callable[..., T], /, *args: object) -> T:
+        reads.append(1)
+        await gate
+        return fn(*args)
+
+    async def memories() -> int | None:
+        return 7
+
+    monkeypatch.setattr(sampler_module.asyncio, "to_thread", gated_to_thread)
+    kept_running: list[int] = []
+    for steps in range(-1, 16):  # -1: cancelled while the read is still held
+        gate = asyncio.get_running_loop().create_future()
+        reads.clear()
+        sampler = fake_sampler(
+            proc_root, FakeProc(), [], memories=memories, memories_interval_s=1.0
+        )
+        task = asyncio.create_task(sampler.run(lambda s: None))
+        for _ in range(100):  # loop steps, not time: the fake clock never moves
+            if reads:
+                break
+            await asyncio.sleep(0)
+        assert reads, "the first tick never started its read"
+        if steps >= 0:
+            gate.set_result(None)
+            for _ in range(steps):
+                await asyncio.sleep(0)
+        task.cancel()
+        for _ in range(100):
+            if task.done():
+                break
+            await asyncio.sleep(0)
+        if not (task.done() and task.cancelled()):
+            kept_running.append(steps)
+            task.cancel()  # parked on the fake clock now: this one lands
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert kept_running == [], f"run() went on after a cancel {kept_running} steps after the read"

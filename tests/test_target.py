@@ -15,8 +15,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import structlog.testing
 
-from soakd.clock import SystemClock
+from soakd.clock import FakeClock, SystemClock
+from soakd.engram import EngramClient
 from soakd.errors import StartupError
 from soakd.model import Event
 from soakd.sampler import Sampler
@@ -715,3 +717,66 @@ def test_is_local_host() -> None:
         assert is_local_host(host), host
     for host in ("192.0.2.10", "no-such-host.invalid"):
         assert not is_local_host(host), host
+
+
+async def test_a_booting_targets_refusals_are_debug_and_a_later_one_is_info() -> None:
+    """Health probes against a target not listening yet log at debug, not info (issue 19).
+
+    The first refusal a measured request meets afterwards is still logged at info.
+    """
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    with structlog.testing.capture_logs() as logs:
+        async with EngramClient(url, clock=SystemClock(), timeout_s=5) as client:
+            assert await client.alive() is False
+            assert await client.alive() is False
+            probed = [(e["log_level"], e["event"]) for e in logs]
+            ex = await client.exchange("GET", "/api/v1/spaces")
+    assert ex.failure is not None
+    assert probed == [("debug", "engram_not_answering_yet")] * 2
+    assert [(e["log_level"], e["event"]) for e in logs][2:] == [("info", "engram_request_failed")]
+
+
+async def test_wait_healthy_stops_when_cancelled_as_the_probe_answers(tmp_path: Path) -> None:
+    """Cancelling the health wait ends it, even when the cancel lands as the probe answers.
+
+    The probe is held on a gate; the cancel comes 0, 1, 2, ... loop steps after it opens.
+    Python 3.11's ``wait_for`` returned the probe's answer instead, and start-up carried on
+    after a shutdown had cancelled it (issue 19).
+    """
+    went_on: list[int] = []
+    for steps in range(10):
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asked: list[int] = []
+
+        async def alive(gate: asyncio.Future[None] = gate, asked: list[int] = asked) -> bool:
+            asked.append(1)
+            await gate
+            return True
+
+        target = Target(
+            TargetSpec(url="http://127.0.0.1:9"),
+            state_dir=tmp_path / f"state{steps}",
+            clock=FakeClock(),
+            on_event=Recorder(),
+        )
+        task = asyncio.create_task(target.wait_healthy(alive, 30))
+        for _ in range(100):
+            if asked:
+                break
+            await asyncio.sleep(0)
+        assert asked, "the health wait never probed"
+        gate.set_result(None)
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        if not task.cancel():
+            continue  # healthy and returned before the cancel: nothing was swallowed
+        for _ in range(100):
+            if task.done():
+                break
+            await asyncio.sleep(0)
+        if not task.cancelled():
+            went_on.append(steps)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert went_on == [], f"wait_healthy went on after a cancel {went_on} steps after the answer"

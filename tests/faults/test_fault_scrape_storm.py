@@ -36,7 +36,8 @@ SCRAPERS = 4
 #: Generous: the scheduler's own lag p99 is ~1-2 ms on an idle machine (field
 #: notes); this catches a scrape storm that stalls the event loop, not noise.
 LAG_P99_BOUND_MS = 50.0
-pytestmark = pytest.mark.timeout(180)
+# A bound on schedule-lag P99: `timing`, run alone in `make test`'s serial phase.
+pytestmark = [pytest.mark.timeout(180), pytest.mark.timing]
 
 
 def _metrics_address(stderr: Path) -> str | None:

@@ -159,6 +159,7 @@ def run_gaps(ref: ReferenceProcess, count: int) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # bounds on measured gaps between runs
 def test_consolidation_interval_and_jitter() -> None:
     """Runs come every --consolidation-interval; --consolidation-jitter spreads the gaps."""
     with reference("--consolidation-interval", "400ms", "--seed", "5") as ref:

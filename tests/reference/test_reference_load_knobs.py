@@ -11,6 +11,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from soakd.reference.harness import ReferenceProcess, http, reference, unit_embedding
 from soakd.sampler import read_status_memory
 from soakd.testing import wait_for
@@ -124,6 +126,7 @@ def test_leak_per_store_is_anonymous_memory() -> None:
     assert after["file"] - before["file"] < 8 * MIB
 
 
+@pytest.mark.timing
 def test_service_time_queues_one_operation_only() -> None:
     """--service-ms store=100: ten stores at once finish one after another (the last
     waits ~1 s); a recall meanwhile is not held."""

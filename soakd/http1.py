@@ -1,12 +1,15 @@
 """A small keep-alive HTTP/1.1 client for the measured path.
 
 Why not aiohttp here: aiohttp's request machinery (URL objects, header
-multidicts, tracing, the response object, the stream reader) costs 70–90 µs of
-CPU per request on this machine; this client costs ~12 µs, which is what lets
-one soakd process hold 10,000 ops/s and stay cheaper than the tools it is
-compared with (docs/performance.md). It speaks only what soakd needs from one
-origin: requests with a known body, answers delimited by ``Content-Length``,
-``chunked`` coding or connection close, and keep-alive reuse.
+multidicts, tracing, the response object, the stream reader) costs several
+times what this client does per request, and that margin is what lets one
+soakd process hold 10,000 ops/s and stay cheaper than the tools it is
+compared with (figures in docs/performance.md). It speaks only what soakd
+needs from one origin: requests with a known body, answers delimited by
+``Content-Length``, ``chunked`` coding or connection close, and keep-alive
+reuse. The answer's framing is httptools' (llhttp, the parser uvicorn
+uses); the pool, the deadlines, the bounds and the measurement points are
+this module's.
 
 What it guarantees, because measurement depends on it:
 
@@ -29,7 +32,7 @@ between arrivals, so every request runs with cold caches and the Python it
 runs is what it costs. ``HttpPool.start`` writes the request at once on an
 idle kept-alive connection and hands the answer to the caller's ``then``
 from ``data_received``: no task, no coroutine frames, no extra passes of the
-event loop (a task per request cost ~0.1 ms of CPU per request at 100/s,
+event loop (a task per request cost measurably more at low rates,
 docs/perf-compare.md). Only a request that must wait for a connection, or
 open one, runs as a task. ``request`` is ``start`` awaited.
 
@@ -48,16 +51,15 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import httptools
+
 from soakd import __version__
 from soakd.model import Clock, Outcome
 
 #: Answer heads larger than this are refused (Engram's are a few hundred bytes).
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
-#: A chunk-size line (hex size plus extensions) longer than this is malformed.
+#: Chunk-size lines (hex size plus extensions) longer than this on average are malformed.
 _MAX_CHUNK_LINE = 4096
-_CRLF = b"\r\n"
-_HEAD_END = b"\r\n\r\n"
-_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 #: ``on_error(exc, expected)``: told about each failed request's exception.
 ErrorHook = Callable[[BaseException, bool], None]
@@ -113,24 +115,46 @@ def failure_words(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
-# Parser states of one connection.
-_IDLE, _HEAD, _SIZED, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _UNTIL_CLOSE = range(7)
+# A connection's states: no request on it, or a request waiting for its answer.
+_IDLE, _WAITING = 0, 1
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP connection: writes a request, parses its answer, reports it to a hook."""
+    """One TCP connection: writes a request, frames its answer with httptools, reports it.
+
+    httptools (llhttp) does the framing; this class keeps what soakd adds to
+    it: the bounds on what a server may make us hold or wait for, the rule
+    that an answer is reported once and only after its last byte, and the end
+    of a close-delimited body (httptools has no ``feed_eof``, so the framing
+    seen in the head says whether end of stream ends the body). Callbacks
+    only record; the answer is reported after ``feed_data`` returns, so the
+    hook may write the next request on this connection without re-entering
+    the parser.
+    """
 
     __slots__ = (
-        "_buf",
+        "_accounted",
+        "_chunk_line",
+        "_chunked",
+        "_chunks",
+        "_coded",
+        "_done",
+        "_extra",
+        "_fed",
+        "_head_done",
+        "_headers",
         "_keep_alive",
+        "_length",
         "_max_body",
         "_on_answer",
+        "_oversized",
+        "_parser",
         "_parts",
         "_pool",
-        "_remaining",
         "_size",
         "_state",
         "_status",
+        "_until_close",
         "closed",
         "idle_since",
         "transport",
@@ -142,14 +166,34 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self._buf = bytearray()
         self._on_answer: _AnswerHook | None = None
         self._state = _IDLE
+        self._keep_alive = False
+        self._parser = httptools.HttpResponseParser(self)
+        # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length. llhttp
+        # refuses the pair by default (a smuggling guard for proxies); a
+        # client of one origin reads it as the RFC says, as it always did.
+        self._parser.set_dangerous_leniencies(lenient_chunked_length=True)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the answer (or interim answer) in progress."""
         self._status = 0
-        self._remaining = 0
         self._parts: list[bytes] = []
         self._size = 0
-        self._keep_alive = False
+        self._length: int | None = None
+        self._coded = False  # Transfer-Encoding seen
+        self._until_close = False
+        self._head_done = False
+        self._done = False
+        self._extra = False  # bytes past the answer's end
+        self._oversized = False
+        self._headers = 0
+        self._chunked = False  # the final coding is chunked
+        self._chunks = 0
+        self._chunk_line = False  # reading a chunk-size line
+        self._fed = 0  # bytes fed since this answer began
+        self._accounted = 0  # of which status line, headers and body, as seen in callbacks
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -162,29 +206,133 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for: the stream is out of step, never reuse it.
             self.abort()
             return
-        self._buf += data
+        self._fed += len(data)
         try:
-            self._parse()
-        except HttpProtocolError as exc:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self._done:  # junk after a whole answer: answered, but out of step
+                self._extra = True
+            elif not self._oversized:
+                self._fail(_protocol_error(exc))
+                return
+        except Exception as exc:  # a bug in a callback; on_error is told it is unexpected
             self._fail(exc)
+            return
+        if self._done:
+            self._keep_alive = self._keep_alive and not self._extra
+            self._finish(None if self._oversized else self._body())
+        elif self._oversized:
+            self._finish(None)
+            self.abort()
+        elif not self._head_done:
+            if self._fed > self._pool.max_head_bytes:
+                self._fail(HttpProtocolError("answer head too large"))
+        elif self._chunked:
+            # llhttp reads a chunk-size line or a trailer for as long as it goes
+            # on (and httptools keeps a trailer field until it ends): bound the
+            # bytes that no callback has accounted for. Chunk data is accounted;
+            # what is left is the size lines, the CRLFs and the trailer section.
+            # Callbacks carry no offsets, so the bound is on the size lines
+            # together (_MAX_CHUNK_LINE each on average), not on each one.
+            slack = (self._chunks + 1) * (_MAX_CHUNK_LINE + 4) + 2 * self._headers
+            if not self._chunk_line:  # in chunk data, or in the trailer section
+                slack += self._pool.max_head_bytes
+            if self._fed - self._accounted > slack:
+                what = "chunk-size line" if self._chunk_line else "trailer section"
+                self._fail(HttpProtocolError(f"{what} too long"))
 
     def eof_received(self) -> bool | None:
-        if self._state == _UNTIL_CLOSE:
-            self._keep_alive = False
-            self._finish(bytes(self._buf))
-            self._buf.clear()
-        elif self._state != _IDLE:
-            self._fail(ConnectionResetError("the server closed the connection mid-answer"))
+        if self._state != _IDLE:
+            self._end_of_stream(ConnectionResetError("the server closed the connection mid-answer"))
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._state == _UNTIL_CLOSE and exc is None:
-            self._keep_alive = False
-            self._finish(bytes(self._buf))
-        elif self._state != _IDLE:
-            self._fail(exc or ConnectionResetError("the connection closed mid-answer"))
+        if self._state != _IDLE:
+            if exc is None:
+                self._end_of_stream(ConnectionResetError("the connection closed mid-answer"))
+            else:
+                self._fail(exc)
         self._pool._connection_lost(self)
+
+    def _end_of_stream(self, exc: BaseException) -> None:
+        if self._until_close and not self._done:
+            self._keep_alive = False
+            self._finish(self._body())
+        else:
+            self._fail(exc)
+
+    # -- httptools callbacks --------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._done:  # a second answer in the same bytes: stop reading it
+            raise _PastTheEnd
+
+    def on_status(self, reason: bytes) -> None:
+        self._accounted += 15 + len(reason)  # "HTTP/1.1 200 " + reason + CRLF
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:  # a trailer field: bounded in data_received, not kept
+            return
+        self._accounted += len(name) + len(value) + 3  # ":" and CRLF; spaces not seen
+        self._headers += 1
+        key = name.lower()
+        if key == b"content-length":
+            self._length = int(value)  # llhttp has checked it: digits, one value
+        elif key == b"transfer-encoding":
+            self._coded = True
+            self._chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+
+    def on_headers_complete(self) -> None:
+        self._accounted += 2
+        if self._accounted + self._headers > self._pool.max_head_bytes:
+            raise HttpProtocolError("answer head too large")
+        parser = self._parser
+        status = parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                raise HttpProtocolError("unexpected protocol switch (101)")
+            return  # an interim answer: llhttp ends it here and reads the real one next
+        self._status = status
+        self._head_done = True
+        self._keep_alive = parser.should_keep_alive()
+        if status in (204, 304):
+            return
+        if self._coded:
+            # A final coding other than chunked is delimited by close (RFC 9112 §6.3);
+            # llhttp frames it so, and end of stream must end it here.
+            self._until_close = not self._chunked
+            self._chunk_line = self._chunked
+        elif self._length is None:
+            self._until_close = True
+        elif self._length > self._max_body:
+            self._oversized = True  # closed, not drained: data_received stops here
+
+    def on_body(self, body: bytes) -> None:
+        self._accounted += len(body)
+        if self._oversized:
+            return
+        self._size += len(body)
+        if self._size > self._max_body:
+            self._oversized = True
+            self._parts = []
+        else:
+            self._parts.append(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        self._chunk_line = False
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_line = True
+
+    def on_message_complete(self) -> None:
+        if not self._head_done:  # the end of an interim (1xx) answer
+            fed, accounted = self._fed, self._accounted
+            self._reset()
+            self._fed = fed - accounted
+            return
+        self._done = True
 
     # -- the request side ---------------------------------------------------------
 
@@ -192,13 +340,13 @@ class _Connection(asyncio.Protocol):
         """Write one request; ``on_answer`` gets its answer or failure, once, unless aborted."""
         assert self.transport is not None and self._state == _IDLE
         self._on_answer = on_answer
-        self._state = _HEAD
+        self._state = _WAITING
         self._keep_alive = False
         self.transport.write(data)
 
     @property
     def reusable(self) -> bool:
-        return self._keep_alive and not self.closed and self._state == _IDLE and not self._buf
+        return self._keep_alive and not self.closed and self._state == _IDLE
 
     @property
     def usable(self) -> bool:
@@ -209,7 +357,6 @@ class _Connection(asyncio.Protocol):
             and transport is not None
             and not transport.is_closing()
             and self._state == _IDLE
-            and not self._buf
         )
 
     def abort(self) -> None:
@@ -220,152 +367,48 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.transport.abort()
 
-    # -- parsing ------------------------------------------------------------------------
+    # -- reporting ----------------------------------------------------------------------
+
+    def _body(self) -> bytes:
+        parts = self._parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _finish(self, body: bytes | None) -> None:
         # State first, hook last: the hook may release this connection and a
         # new request may be written on it before the hook returns.
         on_answer, self._on_answer = self._on_answer, None
+        status = self._status
         self._state = _IDLE
-        self._parts = []
         if body is None:  # not read to the end: the stream cannot be reused
             self._keep_alive = False
+        self._reset()
         if on_answer is not None:
-            on_answer(self._status, body, None)
+            on_answer(status, body, None)
 
     def _fail(self, exc: BaseException) -> None:
         on_answer, self._on_answer = self._on_answer, None
         self._state = _IDLE
         self._keep_alive = False
-        self._buf.clear()
+        self._reset()
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.abort()
         if on_answer is not None:
             on_answer(0, None, exc)
 
-    def _parse(self) -> None:
-        buf = self._buf
-        while True:
-            state = self._state
-            if state == _HEAD:
-                end = buf.find(_HEAD_END)
-                if end < 0 or end > self._pool.max_head_bytes:
-                    if end > 0 or len(buf) > self._pool.max_head_bytes:
-                        raise HttpProtocolError("answer head too large")
-                    return
-                head = bytes(buf[:end])
-                del buf[: end + 4]
-                self._start_body(head)
-            elif state == _SIZED:
-                if len(buf) < self._remaining:
-                    return
-                body = bytes(buf[: self._remaining])
-                del buf[: self._remaining]
-                self._finish(body)
-            elif state == _CHUNK_SIZE:
-                end = buf.find(_CRLF)
-                if end < 0:
-                    if len(buf) > _MAX_CHUNK_LINE:
-                        raise HttpProtocolError("chunk-size line too long")
-                    return
-                size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
-                del buf[: end + 2]
-                if not size_text or not _HEX.issuperset(size_text):
-                    raise HttpProtocolError(f"bad chunk size {size_text[:40]!r}")
-                self._remaining = int(size_text, 16)
-                if self._remaining == 0:
-                    self._state = _TRAILER
-                    continue
-                self._size += self._remaining
-                if self._size > self._max_body:
-                    self._finish(None)
-                    self.abort()
-                    return
-                self._state = _CHUNK_DATA
-            elif state == _CHUNK_DATA:
-                if len(buf) < self._remaining + 2:
-                    return
-                if buf[self._remaining : self._remaining + 2] != _CRLF:
-                    raise HttpProtocolError("chunk data not followed by CRLF")
-                self._parts.append(bytes(buf[: self._remaining]))
-                del buf[: self._remaining + 2]
-                self._state = _CHUNK_SIZE
-            elif state == _TRAILER:
-                end = buf.find(_CRLF)
-                if end < 0:
-                    if len(buf) > self._pool.max_head_bytes:
-                        raise HttpProtocolError("trailer too large")
-                    return
-                del buf[: end + 2]
-                if end == 0:  # the empty line that ends the trailer section
-                    self._finish(b"".join(self._parts))
-            elif state == _UNTIL_CLOSE:
-                if len(buf) > self._max_body:
-                    self._finish(None)
-                    self.abort()
-                return
-            else:  # _IDLE: an answer is complete; leftover bytes make the stream unusable
-                if buf:
-                    self._keep_alive = False
-                return
 
-    def _start_body(self, head: bytes) -> None:
-        """Parse the status line and headers; choose how the body is delimited."""
-        lines = head.split(_CRLF)
-        version, _, rest = lines[0].partition(b" ")
-        code = rest[:3]
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-            raise HttpProtocolError(f"bad status line {lines[0][:80]!r}")
-        status = int(code)
-        length: int | None = None
-        chunked = False
-        coded = False
-        keep_alive = version == b"HTTP/1.1"
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
-                raise HttpProtocolError(f"bad header line {line[:80]!r}")
-            key = name.lower()
-            if key == b"content-length":
-                value = value.strip()
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    raise HttpProtocolError(f"bad Content-Length {value[:40]!r}")
-                length = int(value)
-            elif key == b"transfer-encoding":
-                coded = True
-                chunked = value.strip().lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-            elif key == b"connection":
-                tokens = {t.strip() for t in value.lower().split(b",")}
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
-        if 100 <= status < 200:
-            if status == 101:
-                raise HttpProtocolError("unexpected protocol switch (101)")
-            return  # an interim answer: the real one follows; stay in _HEAD
-        self._status = status
-        self._keep_alive = keep_alive
-        self._size = 0
-        self._parts = []
-        if status in (204, 304):
-            self._finish(b"")
-        elif coded:
-            # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a
-            # coding other than a final "chunked" is delimited by close.
-            self._keep_alive = self._keep_alive and chunked
-            self._state = _CHUNK_SIZE if chunked else _UNTIL_CLOSE
-        elif length is not None:
-            if length > self._max_body:
-                self._finish(None)
-                self.abort()
-            else:
-                self._remaining = length
-                self._state = _SIZED
-        else:
-            self._keep_alive = False
-            self._state = _UNTIL_CLOSE
+class _PastTheEnd(Exception):
+    """Raised from a callback to stop httptools at bytes past the answer's end."""
+
+
+def _protocol_error(exc: Exception) -> BaseException:
+    """What a parse failure is, told as soakd tells it (a callback's own error as is)."""
+    cause = exc.__context__
+    if isinstance(exc, httptools.HttpParserUpgrade):
+        return HttpProtocolError("unexpected protocol switch (101)")
+    if cause is None or isinstance(cause, HttpProtocolError):
+        return cause or HttpProtocolError(f"malformed answer: {exc}")
+    return cause  # a bug in a callback: on_error is told it is unexpected
 
 
 class HttpPool:

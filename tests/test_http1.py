@@ -20,11 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from soakd.clock import SystemClock
-from soakd.http1 import HttpPool, _Connection
+from soakd.http1 import HttpPool, HttpProtocolError, _Connection
 from soakd.model import Outcome
 from soakd.testing import async_wait_for
 
 Answer = Callable[[int, bytes], Awaitable[bytes | None]]
+Answered = tuple[int, bytes | None, BaseException | None]
 
 OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
 
@@ -240,6 +241,7 @@ async def test_answer_framings(raw: bytes, body: bytes) -> None:
     "raw",
     [
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
         b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n",
@@ -249,10 +251,11 @@ async def test_answer_framings(raw: bytes, body: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 70_000 + b"\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"0" * 5000,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: " + b"t" * 80_000,
     ],
     ids=[
-        "two-lengths", "negative-length", "no-colon", "obs-fold", "http2", "bad-code",
-        "upgrade", "chunk-no-crlf", "huge-head", "huge-chunk-line",
+        "two-lengths", "repeated-length", "negative-length", "no-colon", "obs-fold", "http2",
+        "bad-code", "upgrade", "chunk-no-crlf", "huge-head", "huge-chunk-line", "huge-trailer",
     ],
 )  # fmt: skip
 async def test_malformed_answers_are_connection_errors(raw: bytes) -> None:
@@ -268,9 +271,14 @@ async def test_malformed_answers_are_connection_errors(raw: bytes) -> None:
     assert len(seen) == 1 and seen[0][1] is True
 
 
-async def test_leftover_bytes_make_a_connection_unusable() -> None:
-    """Bytes after a complete answer mean the stream is out of step: not reused."""
-    async with RawServer(fixed(OK_ANSWER + b"junk")) as srv:
+@pytest.mark.parametrize("leftover", [b"junk", b"HTTP/1", b"\r\nHTTP/1.1 200 OK\r\n"])
+async def test_leftover_bytes_make_a_connection_unusable(leftover: bytes) -> None:
+    """Bytes after a complete answer mean the stream is out of step: not reused.
+
+    A partial next answer is no parse error to httptools: only the start of a
+    second message in the same bytes shows it.
+    """
+    async with RawServer(fixed(OK_ANSWER + leftover)) as srv:
         p = pool(srv.url)
         first = await p.request("GET", "/", timeout_s=5)
         second = await p.request("GET", "/", timeout_s=5)
@@ -407,37 +415,117 @@ def sized(body: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
 
 
-def chunked(body: bytes, cuts: list[int]) -> bytes:
+def chunked(body: bytes, cuts: list[int], trailer: bool = False) -> bytes:
     points = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
     out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     for a, b in itertools.pairwise(points):
-        out += b"%x\r\n" % (b - a) + body[a:b] + b"\r\n"
-    return out + b"0\r\n\r\n"
+        out += b"%x;ext=1\r\n" % (b - a) + body[a:b] + b"\r\n"
+    return out + (b"0\r\nX-Trailer: t\r\n\r\n" if trailer else b"0\r\n\r\n")
 
 
-@settings(max_examples=200, deadline=None)
+INTERIM = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@dataclass
+class Fed:
+    conn: _Connection
+    transport: RecordingTransport
+    answers: list[Answered]
+    pieces: int
+    first: int  # the piece after which the first answer was reported (-1: none)
+
+
+def feed(raw: bytes, split_points: list[int]) -> Fed:
+    """Feed ``raw`` split at ``split_points`` to a connection waiting for an answer."""
+    cuts = sorted({0, len(raw), *(p % (len(raw) + 1) for p in split_points)})
+    answers: list[Answered] = []
+    conn = _Connection(pool("http://127.0.0.1:1"), max_body=10_000)
+    transport = RecordingTransport()
+    conn.connection_made(transport)
+    conn.send(b"GET / HTTP/1.1\r\n\r\n", lambda *answer: answers.append(answer))
+    first = -1
+    for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+        if transport.aborted:
+            break
+        conn.data_received(raw[a:b])
+        if answers and first < 0:
+            first = i
+    return Fed(conn, transport, answers, len(cuts) - 1, first)
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     body=bodies,
     chunk_cuts=st.lists(st.integers(min_value=0), max_size=5),
     split_points=st.lists(st.integers(min_value=0), max_size=8),
     use_chunked=st.booleans(),
+    trailer=st.booleans(),
+    interim=st.booleans(),
 )
 def test_any_byte_split_of_an_answer_parses_to_its_body(
-    body: bytes, chunk_cuts: list[int], split_points: list[int], use_chunked: bool
+    *,
+    body: bytes,
+    chunk_cuts: list[int],
+    split_points: list[int],
+    use_chunked: bool,
+    trailer: bool,
+    interim: bool,
 ) -> None:
-    """However the bytes arrive, a framed answer yields exactly its body, once, at its end."""
-    raw = chunked(body, chunk_cuts) if use_chunked else sized(body)
-    cuts = sorted({0, len(raw), *(p % (len(raw) + 1) for p in split_points)})
+    """However the bytes arrive, a framed answer yields exactly its body, once, at its end.
 
-    answers: list[tuple[int, bytes | None, BaseException | None]] = []
-    conn = _Connection(pool("http://127.0.0.1:1"), max_body=10_000)
-    transport = RecordingTransport()
-    conn.connection_made(transport)
-    conn.send(b"GET / HTTP/1.1\r\n\r\n", lambda *answer: answers.append(answer))
-    pieces = [raw[a:b] for a, b in itertools.pairwise(cuts)]
-    for piece in pieces[:-1]:
-        conn.data_received(piece)
-    assert answers == []  # nothing is reported before the answer's last byte
-    conn.data_received(pieces[-1])
-    assert answers == [(200, body, None)]
-    assert conn.reusable and not transport.aborted
+    Chunked answers carry chunk extensions and maybe a trailer; an interim
+    ``100 Continue`` may come first.
+    """
+    raw = chunked(body, chunk_cuts, trailer) if use_chunked else sized(body)
+    fed = feed(INTERIM + raw if interim else raw, split_points)
+    assert fed.answers == [(200, body, None)]
+    assert fed.first == fed.pieces - 1  # nothing is reported before the answer's last byte
+    assert fed.conn.reusable and not fed.transport.aborted
+
+
+@settings(max_examples=100, deadline=None)
+@given(split_points=st.lists(st.integers(min_value=0), max_size=8))
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 70_000 + b"\r\n\r\n", "answer head too large"),
+        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 70_000, "answer head too large"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"0" * 5000,
+            "chunk-size line too long",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: " + b"t" * 80_000,
+            "trailer section too long",
+        ),
+    ],
+    ids=["huge-head", "huge-head-unended", "huge-chunk-line", "huge-trailer"],
+)
+def test_the_bounds_hold_at_any_byte_split(raw: bytes, why: str, split_points: list[int]) -> None:
+    """httptools keeps reading a head, a chunk-size line or a trailer as long as it goes
+    on: however the bytes arrive, soakd fails the answer and closes the connection."""
+    fed = feed(raw, split_points)
+    assert [(status, body) for status, body, _ in fed.answers] == [(0, None)]
+    assert isinstance(fed.answers[0][2], HttpProtocolError)
+    assert str(fed.answers[0][2]) == why
+    assert fed.transport.aborted
+
+
+@settings(max_examples=100, deadline=None)
+@given(body=st.binary(min_size=1, max_size=300), split_points=st.lists(st.integers(min_value=0)))
+def test_a_close_delimited_body_ends_at_end_of_stream_at_any_split(
+    body: bytes, split_points: list[int]
+) -> None:
+    """httptools has no end-of-stream call: soakd ends a close-delimited body itself."""
+    fed = feed(b"HTTP/1.1 200 OK\r\n\r\n" + body, split_points)
+    assert fed.answers == []
+    fed.conn.eof_received()
+    assert fed.answers == [(200, body, None)] and not fed.conn.reusable
+
+
+def test_end_of_stream_inside_a_sized_body_is_a_failure() -> None:
+    """A Content-Length body cut short by the server closing is not an answer."""
+    fed = feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc", [])
+    fed.conn.eof_received()
+    assert [(status, body) for status, body, _ in fed.answers] == [(0, None)]
+    assert isinstance(fed.answers[0][2], ConnectionResetError)

@@ -38,6 +38,11 @@ open one, runs as a task. ``request`` is ``start`` awaited.
 
 Idle connections are dropped after ``idle_timeout_s`` (15 s, aiohttp's
 default) so a server's own keep-alive timeout rarely closes one under us.
+
+Why one module of more than 600 lines: the connection, the pool and the
+request share one lifecycle (hand-over, ``sent_ns``, deadline, release or
+abort) through each other's private state; split, each half would only
+make sense read beside the other.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 import structlog
 
 from soakd.engram import EngramClient
-from soakd.model import Clock, ConsolidationRun, Event
+from soakd.model import Clock, ConsolidationRun, Event, EventKind
 
 log = structlog.get_logger(__name__)
 
@@ -284,7 +284,7 @@ class ConsolidationWatcher:
             drift = self._record_interval(interval)
             if abs(drift) > self.tolerance_s:
                 self._event(
-                    "consolidation_drift",
+                    EventKind.CONSOLIDATION_DRIFT,
                     f"{space}: consolidation ran after {interval:.1f}s, "
                     f"{drift:+.1f}s from the expected {self.interval_s:g}s",
                     space=space,
@@ -295,7 +295,7 @@ class ConsolidationWatcher:
         if st.stalled:
             st.stalled = False
             self._event(
-                "consolidation_recovered",
+                EventKind.CONSOLIDATION_RECOVERED,
                 f"{space}: consolidation observed again ({generated_at})",
                 space=space,
                 generated_at=generated_at,
@@ -332,7 +332,7 @@ class ConsolidationWatcher:
         else:
             message = f"{space}: no consolidation run for {quiet_s:.0f}s"
         self._event(
-            "consolidation_stalled",
+            EventKind.CONSOLIDATION_STALLED,
             message,
             space=space,
             quiet_s=round(quiet_s, 3),
@@ -352,7 +352,7 @@ class ConsolidationWatcher:
             self._within += 1
         return drift
 
-    def _event(self, kind: str, message: str, **detail: object) -> None:
+    def _event(self, kind: EventKind, message: str, **detail: object) -> None:
         log.info(kind, message=message)
         try:
             self._on_event(Event(self._clock.wall(), kind, message, detail))

@@ -39,7 +39,17 @@ from soakd.errors import ExitCode, StartupError
 from soakd.exporter import Exporter
 from soakd.integrity import IntegrityChecker
 from soakd.logs import terminal
-from soakd.model import Alert, AlertState, AlertTransition, Clock, Event, Op, OpResult, Sample
+from soakd.model import (
+    Alert,
+    AlertState,
+    AlertTransition,
+    Clock,
+    Event,
+    EventKind,
+    Op,
+    OpResult,
+    Sample,
+)
 from soakd.progress import build_status, progress_line
 from soakd.report import (
     ReportExtras,
@@ -173,13 +183,13 @@ class Daemon:
     def _emit(self, event: Event) -> None:
         self._batch.events.append(event)
         log.info("event", kind=event.kind, message=event.message)
-        if event.kind == "target_crash":
+        if event.kind == EventKind.TARGET_CRASH:
             self._exporter.on_target_crash()
-        elif event.kind == "target_restart":
+        elif event.kind == EventKind.TARGET_RESTART:
             self._exporter.on_target_restart()
             if self._watcher is not None:
                 self._watcher.note_target_restart()
-        elif event.kind == "consolidation_stalled":
+        elif event.kind == EventKind.CONSOLIDATION_STALLED:
             self._exporter.on_consolidation_stall(str(event.detail.get("space", "")))
 
     def _on_sample(self, sample: Sample) -> None:
@@ -671,7 +681,12 @@ class Daemon:
                     self._store_failing = True
                     if self._disk_trouble("store_write_failed", exc, kept=len(self._batch)):
                         self._emit(
-                            Event(self.clock.wall(), "store_write_failed", f"run store: {exc}", {})
+                            Event(
+                                self.clock.wall(),
+                                EventKind.STORE_WRITE_FAILED,
+                                f"run store: {exc}",
+                                {},
+                            )
                         )
                     await self._check_disk(force_thin=True)
                 return False
@@ -798,7 +813,7 @@ class Daemon:
         info = self.opened.info
         done = [
             e.detail.get("name")
-            for e in await asyncio.to_thread(self.store.events, ("checkpoint",))
+            for e in await asyncio.to_thread(self.store.events, (EventKind.CHECKPOINT,))
         ]
         name = checkpoint_due(
             info.started_at, self.spec.duration_s, self.clock.wall(), [str(d) for d in done]
@@ -823,7 +838,10 @@ class Daemon:
             return
         self._emit(
             Event(
-                self.clock.wall(), "checkpoint", f"checkpoint report {name} written", {"name": name}
+                self.clock.wall(),
+                EventKind.CHECKPOINT,
+                f"checkpoint report {name} written",
+                {"name": name},
             )
         )
 
@@ -879,7 +897,7 @@ class Daemon:
         await self._bounded("final_roll", 10.0, self._roll())
         await self._bounded("final_evaluation", 60.0, self._evaluate())
         ended = self.clock.wall()
-        self._emit(Event(ended, "run_ended", f"run {status}", {"status": status}))
+        self._emit(Event(ended, EventKind.RUN_ENDED, f"run {status}", {"status": status}))
         await self._bounded("final_flush", 60.0, self._flush())
         await self._bounded(
             "set_status", 30.0, asyncio.to_thread(self.store.set_status, status, ended)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from soakd.model import Clock, Event
+from soakd.model import Clock, Event, EventKind
 
 log = structlog.get_logger(__name__)
 
@@ -61,16 +61,20 @@ class DiskWatch:
         self.free_bytes = free
         if not self.low and free < self.min_free_bytes:
             self.low = True
-            self._event("disk_low", f"only {_mib(free)} free on {self.path}'s filesystem", free)
+            self._event(
+                EventKind.DISK_LOW, f"only {_mib(free)} free on {self.path}'s filesystem", free
+            )
         elif self.low and free >= self.min_free_bytes * (1 + RECOVERY_MARGIN):
             self.low = False
-            self._event("disk_ok", f"{_mib(free)} free again on {self.path}'s filesystem", free)
+            self._event(
+                EventKind.DISK_OK, f"{_mib(free)} free again on {self.path}'s filesystem", free
+            )
         return self.low
 
-    def _event(self, kind: str, message: str, free: int) -> None:
+    def _event(self, kind: EventKind, message: str, free: int) -> None:
         t = self._clock.wall() if self._clock is not None else time.time()
         detail = {"free_bytes": free, "min_free_bytes": self.min_free_bytes, "path": str(self.path)}
-        log.warning(kind, **detail) if kind == "disk_low" else log.info(kind, **detail)
+        log.warning(kind, **detail) if kind == EventKind.DISK_LOW else log.info(kind, **detail)
         self._emit(
             Event(
                 t=t,

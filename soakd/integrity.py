@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import structlog
 
 from soakd.engram import EngramClient
-from soakd.model import Clock, Event, Op, OpResult, Outcome
+from soakd.model import Clock, Event, EventKind, Op, OpResult, Outcome
 from soakd.workload import Workload
 
 log = structlog.get_logger(__name__)
@@ -104,7 +104,10 @@ class IntegrityChecker:
         self.evicted = 0  # 404s in a space at Engram's capacity: evictions, not losses
         self._lost_ids: deque[str] = deque(maxlen=max(1, ids_kept))
         self._corrupted_ids: deque[str] = deque(maxlen=max(1, ids_kept))
-        self._events_sent = {"integrity_lost_write": 0, "integrity_corrupted_read": 0}
+        self._events_sent = {
+            EventKind.INTEGRITY_LOST_WRITE: 0,
+            EventKind.INTEGRITY_CORRUPTED_READ: 0,
+        }
 
     # -- what the report and the exporter read ------------------------------------
 
@@ -256,7 +259,7 @@ class IntegrityChecker:
             self.lost += 1
             self._lost_ids.append(item.memory_id)
             self._emit(
-                "integrity_lost_write",
+                EventKind.INTEGRITY_LOST_WRITE,
                 f"memory {item.memory_id} in {item.space} was acknowledged (201) but reads 404",
                 item,
             )
@@ -267,10 +270,12 @@ class IntegrityChecker:
         self.corrupted += 1
         self._corrupted_ids.append(item.memory_id)
         self._emit(
-            "integrity_corrupted_read", f"memory {item.memory_id} in {item.space}: {why}", item
+            EventKind.INTEGRITY_CORRUPTED_READ,
+            f"memory {item.memory_id} in {item.space}: {why}",
+            item,
         )
 
-    def _emit(self, kind: str, message: str, item: PendingCheck) -> None:
+    def _emit(self, kind: EventKind, message: str, item: PendingCheck) -> None:
         if self._events_sent[kind] >= _EVENTS_PER_KIND:
             log.debug(kind, memory_id=item.memory_id, space=item.space)
             return

@@ -137,12 +137,36 @@ class ConsolidationRun:
     interval_s: float | None  # since the previous run of this space, if any
 
 
+class EventKind(enum.StrEnum):
+    """Every kind of event soakd records: the one list (values are what the run store keeps)."""
+
+    RUN_STARTED = "run_started"
+    RUN_ENDED = "run_ended"
+    GAP = "gap"  # soakd was away (a resumed run)
+    CHECKPOINT = "checkpoint"
+    STORE_WRITE_FAILED = "store_write_failed"
+    TARGET_CRASH = "target_crash"
+    TARGET_DOWN = "target_down"
+    TARGET_RESTART = "target_restart"
+    TARGET_RESTART_FAILED = "target_restart_failed"
+    #: Only in the report's timeline: a PID change seen in the samples, no event explains it.
+    TARGET_PID_CHANGED = "target_pid_changed"
+    INTEGRITY_LOST_WRITE = "integrity_lost_write"
+    INTEGRITY_CORRUPTED_READ = "integrity_corrupted_read"
+    CONSOLIDATION_DRIFT = "consolidation_drift"
+    CONSOLIDATION_STALLED = "consolidation_stalled"
+    CONSOLIDATION_RECOVERED = "consolidation_recovered"
+    PERMISSION = "permission"
+    DISK_LOW = "disk_low"
+    DISK_OK = "disk_ok"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something that happened once: crash, restart, gap, stall, permission problem..."""
 
     t: float
-    kind: str
+    kind: EventKind
     message: str
     detail: Mapping[str, object] = field(default_factory=dict)
 
@@ -187,9 +211,15 @@ class Clock(Protocol):
 
 
 class ResultSink(Protocol):
-    """Anything that wants every finished request (stats, exporter, integrity)."""
+    """Anything that wants every finished request (stats, exporter)."""
 
     def on_result(self, result: OpResult) -> None: ...
+
+
+class EventSink(Protocol):
+    """Anything that wants every event (the run store's batch, the exporter, the log...)."""
+
+    def on_event(self, event: Event) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +266,7 @@ class RunReader(Protocol):
 
     def consolidation_runs(self, since: float | None = None) -> list[ConsolidationRun]: ...
 
-    def events(self, kinds: tuple[str, ...] | None = None) -> list[Event]: ...
+    def events(self, kinds: tuple[EventKind, ...] | None = None) -> list[Event]: ...
 
     def alert_states(self) -> list[Alert]: ...
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from soakd.errors import StartupError, UsageError
-from soakd.model import Event, RunInfo
+from soakd.model import Event, EventKind, RunInfo
 from soakd.spec.model import Spec
 from soakd.store import Batch, RunStore
 
@@ -99,7 +99,7 @@ def open_run(
         target_url=spec.target.url,
     )
     store = RunStore.create(state_dir, info)
-    store.write(Batch(events=[Event(now, "run_started", f"run {info.run_id} started")]))
+    store.write(Batch(events=[Event(now, EventKind.RUN_STARTED, f"run {info.run_id} started")]))
     return OpenedRun(store, info, resumed=False, segment=0, gap_s=0.0)
 
 
@@ -117,7 +117,7 @@ def _resume(store: RunStore, old: RunInfo, now: float) -> OpenedRun:
             events=[
                 Event(
                     now,
-                    "gap",
+                    EventKind.GAP,
                     f"soakd was away for {gap_s:.1f} s; run {old.run_id} resumed",
                     {"from": last, "to": now, "gap_s": gap_s, "segment": segment},
                 )

@@ -31,7 +31,7 @@ from typing import Protocol, TypeVar
 import psutil
 import structlog
 
-from soakd.model import Clock, Event, Sample
+from soakd.model import Clock, Event, EventKind, Sample
 from soakd.target import CREATE_TIME_TOLERANCE_S, ProcessId
 
 log = structlog.get_logger(__name__)
@@ -423,7 +423,10 @@ class Sampler:
         log.warning("sampler permission denied", reading=kind, pid=pid)
         events.append(
             Event(
-                t=now_wall, kind="permission", message=message, detail={"reading": kind, "pid": pid}
+                t=now_wall,
+                kind=EventKind.PERMISSION,
+                message=message,
+                detail={"reading": kind, "pid": pid},
             )
         )
 
@@ -461,7 +464,7 @@ class Sampler:
                 events.append(
                     Event(
                         t=now_wall,
-                        kind="permission",
+                        kind=EventKind.PERMISSION,
                         message=(
                             f"cannot measure the data dir {self._dir.path}: {self._dir.denied}. "
                             "Fix: run soakd as the target's user or grant it CAP_DAC_READ_SEARCH. "

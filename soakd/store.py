@@ -31,6 +31,7 @@ from soakd.model import (
     AlertTransition,
     ConsolidationRun,
     Event,
+    EventKind,
     IntervalRecord,
     Op,
     RunInfo,
@@ -543,7 +544,7 @@ class RunStore:
         )
         return [ConsolidationRun(*r) for r in rows]
 
-    def events(self, kinds: tuple[str, ...] | None = None) -> list[Event]:
+    def events(self, kinds: tuple[EventKind, ...] | None = None) -> list[Event]:
         if kinds:
             marks = ", ".join("?" * len(kinds))
             rows = self._all(
@@ -551,7 +552,9 @@ class RunStore:
             )
         else:
             rows = self._all(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY t")
-        return [Event(float(r[0]), str(r[1]), str(r[2]), json.loads(str(r[3]))) for r in rows]
+        return [
+            Event(float(r[0]), EventKind(str(r[1])), str(r[2]), json.loads(str(r[3]))) for r in rows
+        ]
 
     def alert_states(self) -> list[Alert]:
         rows = self._all(f"SELECT {_ALERT_STATE_COLUMNS} FROM alert_states ORDER BY rule, labels")

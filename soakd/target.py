@@ -41,7 +41,7 @@ import psutil
 import structlog
 
 from soakd.errors import StartupError
-from soakd.model import Clock, Event
+from soakd.model import Clock, Event, EventKind
 from soakd.spec.model import RestartPolicy, TargetSpec
 
 log = structlog.get_logger(__name__)
@@ -711,7 +711,7 @@ class Target:
             uptime_s = max(0.0, self._clock.wall() - dead.create_time)
         sig = -rc if rc is not None and rc < 0 else None
         detail = {"pid": dead.pid, "returncode": rc, "signal": sig, "uptime_s": round(uptime_s, 3)}
-        self._event("target_crash", f"target PID {dead.pid} {describe_exit(rc)}", detail)
+        self._event(EventKind.TARGET_CRASH, f"target PID {dead.pid} {describe_exit(rc)}", detail)
         log.warning("target died", **detail)
         self._search_s = self._poll_s
         if uptime_s >= STABLE_AFTER_S:
@@ -728,7 +728,9 @@ class Target:
             else:
                 why = f"restart_max ({s.restart_max}) reached"
             self._given_up = True
-            self._event("target_down", f"target stays down: {why}", {"restarts": self.restarts})
+            self._event(
+                EventKind.TARGET_DOWN, f"target stays down: {why}", {"restarts": self.restarts}
+            )
             return
         self._attempt += 1
         delay_s = min(s.restart_backoff_s * 2 ** (self._attempt - 1), MAX_BACKOFF_S)
@@ -741,7 +743,7 @@ class Target:
         except OSError as exc:
             # Counts as a failed attempt; the next one backs off further.
             self._event(
-                "target_restart_failed",
+                EventKind.TARGET_RESTART_FAILED,
                 f"cannot relaunch target: {exc}",
                 {"attempt": self._attempt},
             )
@@ -752,7 +754,7 @@ class Target:
         healthy = await self._await_alive(found)
         down_s = self._downtime_s()
         self._event(
-            "target_restart",
+            EventKind.TARGET_RESTART,
             f"target relaunched as PID {found.pid} (attempt {self._attempt})"
             f" after {down_s:.1f}s down",
             {"pid": found.pid, "attempt": self._attempt, "downtime_s": down_s, "healthy": healthy},
@@ -794,7 +796,7 @@ class Target:
             reused = found.pid == old.pid
             down_s = self._downtime_s()
             self._event(
-                "target_restart",
+                EventKind.TARGET_RESTART,
                 f"target restarted elsewhere: PID {old.pid} -> {found.pid}"
                 + (" (same PID, new process)" if reused else "")
                 + f" after {down_s:.1f}s down",
@@ -811,7 +813,7 @@ class Target:
             self._search_s = min(self._search_s * 2, MAX_SEARCH_INTERVAL_S)
         await self._sleep(self._clock.monotonic_ns() + int(self._search_s * 1e9))
 
-    def _event(self, kind: str, message: str, detail: dict[str, object]) -> None:
+    def _event(self, kind: EventKind, message: str, detail: dict[str, object]) -> None:
         self._emit(Event(t=self._clock.wall(), kind=kind, message=message, detail=detail))
 
     # -- stop -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
-from soakd.model import ConsolidationRun, Event, IntervalRecord, Op, Sample
+from soakd.model import ConsolidationRun, Event, EventKind, IntervalRecord, Op, Sample
 from soakd.rules import (
     RuleInputs,
     RuleResult,
@@ -456,7 +456,7 @@ def test_integrity_fires_on_any_lost_write() -> None:
     rule = AlertRuleSpec("integrity", AlertKind.INTEGRITY, 0.0)
     assert evaluate_rule(rule, inputs(60, lost=1))[0].active
     assert not evaluate_rule(rule, inputs(60))[0].active
-    corrupted = [Event(T0 + 5, "integrity_corrupted", "content differs")]
+    corrupted = [Event(T0 + 5, EventKind.INTEGRITY_CORRUPTED_READ, "content differs")]
     assert evaluate_rule(rule, inputs(60, events=corrupted))[0].active
 
 

@@ -24,6 +24,7 @@ from soakd.model import (
     AlertTransition,
     ConsolidationRun,
     Event,
+    EventKind,
     IntervalRecord,
     Op,
     RunInfo,
@@ -216,10 +217,10 @@ def _consolidation(k: Knobs, rng: random.Random) -> list[ConsolidationRun]:
 
 
 def _events(k: Knobs) -> list[Event]:
-    ev = [Event(k.started_at, "run_started", "run synthetic started")]
+    ev = [Event(k.started_at, EventKind.RUN_STARTED, "run synthetic started")]
     for i, t in enumerate(_crash_times(k)):
-        ev.append(Event(t, "target_crash", f"target PID {4242 + i} killed by SIGSEGV"))
-        ev.append(Event(t + 2.0, "target_restart", f"target restarted as PID {4243 + i}"))
+        ev.append(Event(t, EventKind.TARGET_CRASH, f"target PID {4242 + i} killed by SIGSEGV"))
+        ev.append(Event(t + 2.0, EventKind.TARGET_RESTART, f"target restarted as PID {4243 + i}"))
     return ev
 
 

@@ -11,18 +11,18 @@ import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
-from soakd.model import AlertState, AlertTransition, ConsolidationRun, Event
+from soakd.model import AlertState, AlertTransition, ConsolidationRun, Event, EventKind
 from soakd.report.lttb import downsample
 from soakd.report.model import AlertSegment, ConsolidationReport, TimelineEvent
 from soakd.spec.model import Spec
 
 #: Event kinds that mean the target died without being asked to.
-CRASH_KINDS = frozenset({"target_crash"})
+CRASH_KINDS = frozenset({EventKind.TARGET_CRASH})
 #: Event kinds that mean the target (or soakd's view of it) started afresh.
-RESTART_KINDS = frozenset({"target_restart"})
+RESTART_KINDS = frozenset({EventKind.TARGET_RESTART})
 #: Event kinds that mean soakd saw nothing for a while (a resumed run).
-GAP_KINDS = frozenset({"gap"})
-STALL_KINDS = frozenset({"consolidation_stalled"})
+GAP_KINDS = frozenset({EventKind.GAP})
+STALL_KINDS = frozenset({EventKind.CONSOLIDATION_STALLED})
 #: A PID change this close to a restart/crash event is that event, not another one.
 _PID_MATCH_S = 60.0
 #: Points in the consolidation-interval chart.
@@ -50,7 +50,7 @@ def timeline_events(
             out.append(
                 TimelineEvent(
                     t,
-                    "target_pid_changed",
+                    EventKind.TARGET_PID_CHANGED,
                     "restart",
                     f"target PID changed {old} -> {new} (seen in the samples)",
                     {"old_pid": old, "new_pid": new},

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from soakd.model import DRIVEN_OPS, IntervalRecord, Op, Sample
+from soakd.model import DRIVEN_OPS, EventKind, IntervalRecord, Op, Sample
 from soakd.rules.cadence import cadence_summary
 from soakd.rules.exhaustion import EXHAUSTION_WINDOW_S, forecast
 from soakd.rules.inputs import RuleInputs
@@ -48,8 +48,8 @@ OVERLOAD_MIN_DROPPED = 10
 SATURATED_LOOP_LAG_S = 0.25
 #: ...or it burns this share of one core.
 SATURATED_CPU_CORES = 0.9
-CRASH_EVENTS = ("target_crash", "target_restart", "target_down")
-_DOWN_EVENTS = ("target_crash", "target_down")
+CRASH_EVENTS = (EventKind.TARGET_CRASH, EventKind.TARGET_RESTART, EventKind.TARGET_DOWN)
+_DOWN_EVENTS = (EventKind.TARGET_CRASH, EventKind.TARGET_DOWN)
 
 
 @dataclass(frozen=True)
@@ -379,7 +379,7 @@ def _crash(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResu
         why = f"target restarted (pid {restarts[-1][0]} -> {restarts[-1][1]})"
     else:
         why = "target running"
-    total = sum(1 for e in events if e.kind != "target_restart") or len(events)
+    total = sum(1 for e in events if e.kind != EventKind.TARGET_RESTART) or len(events)
     detail = {"events": len(events), "down": down_now, "pid_changes": len(restarts)}
     return [_result(rule, active, float(total), why, detail=detail)]
 
@@ -422,9 +422,12 @@ def _error_rate(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[Rul
 
 
 def _integrity(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResult]:
-    lost = max(inputs.integrity_lost, sum(e.kind == "integrity_lost" for e in inputs.events))
+    lost = max(
+        inputs.integrity_lost, sum(e.kind == EventKind.INTEGRITY_LOST_WRITE for e in inputs.events)
+    )
     bad = max(
-        inputs.integrity_corrupted, sum(e.kind == "integrity_corrupted" for e in inputs.events)
+        inputs.integrity_corrupted,
+        sum(e.kind == EventKind.INTEGRITY_CORRUPTED_READ for e in inputs.events),
     )
     value = float(lost + bad)
     why = f"{lost} lost and {bad} corrupted writes"
@@ -524,9 +527,10 @@ def _cpu_cores(samples: Sequence[Sample], who: str) -> float | None:
 
 def _disk(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResult]:
     events = sorted(
-        (e for e in inputs.events if e.kind in ("disk_low", "disk_ok")), key=lambda e: e.t
+        (e for e in inputs.events if e.kind in (EventKind.DISK_LOW, EventKind.DISK_OK)),
+        key=lambda e: e.t,
     )
-    low = bool(events) and events[-1].kind == "disk_low"
+    low = bool(events) and events[-1].kind == EventKind.DISK_LOW
     free = events[-1].detail.get("free_bytes") if events else None
     value = float(free) if isinstance(free, int | float) else None
     why = events[-1].message if low else "enough free disk"

@@ -15,22 +15,22 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from soakd.model import ConsolidationRun, Event, IntervalRecord, Op, RunReader, Sample
+from soakd.model import ConsolidationRun, Event, EventKind, IntervalRecord, Op, RunReader, Sample
 from soakd.rules.windows import cadence_window_s, default_windows
 from soakd.spec.model import AlertKind, AlertRuleSpec
 
 #: Event kinds the rules read.
-EVENT_KINDS: tuple[str, ...] = (
-    "target_crash",
-    "target_restart",
-    "target_down",
-    "consolidation_stalled",
-    "consolidation_recovered",
-    "disk_low",
-    "disk_ok",
-    "permission",
-    "integrity_lost",
-    "integrity_corrupted",
+EVENT_KINDS: tuple[EventKind, ...] = (
+    EventKind.TARGET_CRASH,
+    EventKind.TARGET_RESTART,
+    EventKind.TARGET_DOWN,
+    EventKind.CONSOLIDATION_STALLED,
+    EventKind.CONSOLIDATION_RECOVERED,
+    EventKind.DISK_LOW,
+    EventKind.DISK_OK,
+    EventKind.PERMISSION,
+    EventKind.INTEGRITY_LOST_WRITE,
+    EventKind.INTEGRITY_CORRUPTED_READ,
 )
 #: Most samples handed to the rules per window (bucket medians beyond that).
 MAX_WINDOW_SAMPLES = 1500

@@ -218,7 +218,7 @@ def mib(n: float) -> str:
 # Every comparison runs each tool in its own process, so CPU seconds and RSS are the
 # tool's alone (Locust monkey-patches the whole interpreter with gevent; it must never
 # share a process with soakd). ``python bench/common.py soakd-fixed ...`` runs soakd's
-# real hot path — Scheduler -> EngramClient.begin -> (answer callback) StatsHub.on_result
+# real hot path — Sender -> EngramClient.begin -> (answer callback) StatsHub.on_result
 # + Exporter.on_result — under uvloop and prints one JSON line of figures.
 
 
@@ -287,7 +287,7 @@ def _soakd_fixed(argv: list[str]) -> int:
     from soakd.engram import EngramClient, Exchange
     from soakd.exporter import Exporter
     from soakd.model import Op, OpResult, Outcome
-    from soakd.scheduler import NS_PER_S, Scheduler
+    from soakd.scheduler import NS_PER_S, Sender
     from soakd.stats import StatsHub
 
     p = argparse.ArgumentParser()
@@ -337,8 +337,8 @@ def _soakd_fixed(argv: list[str]) -> int:
             # the connection's callback.
             return client.begin("GET", path_qs, then=functools.partial(answered, intended_ns))
 
-        def make(name: str) -> Scheduler:
-            return Scheduler(
+        def make(name: str) -> Sender:
+            return Sender(
                 name, a.rate, clock=clock, fire=fire, max_in_flight=a.max_in_flight,
                 on_dropped=lambda k, t: hub.on_dropped(Op.RECALL, t),
                 on_late=lambda k, t: hub.on_late(Op.RECALL),

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from soakd.clock import FakeClock, SystemClock
 from soakd.model import Op, OpResult, Outcome
-from soakd.scheduler import NS_PER_S, Scheduler
+from soakd.scheduler import NS_PER_S, Sender
 from soakd.stats import Histogram, StatsHub
 
 T = TypeVar("T")
@@ -46,7 +46,7 @@ async def scheduler_burst_us(n: int = 200_000) -> float:
     """Wall us per arrival when every arrival is already due (task creation included)."""
     far = 10**15
     clock = FakeClock(start_ns=far)
-    sched = Scheduler(
+    sched = Sender(
         "micro",
         10_000,
         clock=clock,
@@ -67,7 +67,7 @@ async def scheduler_burst_us(n: int = 200_000) -> float:
 async def scheduler_real_cpu(rate: int, seconds: float = 3.0) -> tuple[float, float]:
     """(CPU %, CPU us per arrival) of the real-clock loop at ``rate`` with a no-op fire."""
     clock = SystemClock()
-    sched = Scheduler(
+    sched = Sender(
         "micro", rate, clock=clock, fire=_noop, max_in_flight=10_000, on_dropped=lambda k, t: None
     )
     cpu0 = _cpu_s()
@@ -114,10 +114,10 @@ def stats_figures() -> None:
 
 
 async def scheduler_figures() -> None:
-    print(f"Scheduler, all due (burst)     {await scheduler_burst_us():6.2f} us/arrival")
+    print(f"Sender, all due (burst)        {await scheduler_burst_us():6.2f} us/arrival")
     for rate in (1000, 10_000, 20_000):
         pct, us = await scheduler_real_cpu(rate)
-        print(f"Scheduler real clock {rate:>6}/s  {pct:5.1f} % CPU, {us:5.2f} us/arrival")
+        print(f"Sender real clock    {rate:>6}/s  {pct:5.1f} % CPU, {us:5.2f} us/arrival")
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ made, each variant in a fresh child process, one after the other:
 - ``sched-separate``: soakd's three Schedulers at 100/50/20 per second, each
   running its own loop, with a fire function that does nothing (the task is
   created and finishes);
-- ``sched-timeline``: the same three on one ``Timeline`` (what the daemon runs);
+- ``sched-timeline``: the same three on one ``Pacer`` (what the daemon runs);
 - ``timeline-http``: the timeline with soakd's HTTP client sending every arrival
   as a GET to a minimal keep-alive server in another process (bench/fixed_rate_server.py)
   and recording it in a ``StatsHub`` and the ``Exporter`` from the answer's callback,
@@ -129,7 +129,7 @@ async def _schedulers(
     from soakd.engram import EngramClient, Exchange
     from soakd.exporter import Exporter
     from soakd.model import Op, OpResult, Outcome
-    from soakd.scheduler import NS_PER_S, Scheduler, Timeline
+    from soakd.scheduler import NS_PER_S, Pacer, Sender
     from soakd.stats import StatsHub
 
     clock = SystemClock()
@@ -165,7 +165,7 @@ async def _schedulers(
         return task_fire if tasks else callback_fire
 
     scheds = [
-        Scheduler(
+        Sender(
             op.value,
             rate,
             clock=clock,
@@ -181,7 +181,7 @@ async def _schedulers(
     until = start + int(duration_s * NS_PER_S)
     cpu0, cs0 = _usage()
     if timeline:
-        await Timeline(clock).run([(s, start, 0) for s in scheds], until)
+        await Pacer(clock).run([(s, start, 0) for s in scheds], until)
     else:
         await asyncio.gather(*(s.run(start, 0, until) for s in scheds))
     for s in scheds:

@@ -34,7 +34,7 @@ class SystemClock:
 
         Rounded up like ``sleep_until``, yet a loop timer may still fire a tick
         early: the callback must re-check the time. A plain timer callback is
-        what the Timeline wakes on: a sleeping coroutine costs a future and a
+        what the Pacer wakes on: a sleeping coroutine costs a future and a
         task step per wake-up on top (docs/perf-compare.md).
         """
         delay_s = _whole_ms_s(max(0, deadline_ns - time.monotonic_ns()))

@@ -62,7 +62,7 @@ from soakd.report import (
 from soakd.rules import AlertEngine, RuleInputs, gather_inputs
 from soakd.runstate import NEXT_K, OpenedRun, open_run
 from soakd.sampler import Sampler
-from soakd.scheduler import FireFn, Scheduler, Timeline
+from soakd.scheduler import FireFn, Pacer, Sender
 from soakd.spaces import ensure_spaces
 from soakd.spec.model import OperationSpec, RecallOptions, Spec, SpreadOptions
 from soakd.stats import OpSummary, StatsHub
@@ -378,7 +378,7 @@ class Daemon:
         host, port = self.metrics_address
         return f"http://{host}:{port}/status"
 
-    def _scheduler(self, o: OperationSpec) -> Scheduler:
+    def _scheduler(self, o: OperationSpec) -> Sender:
         op = Op(o.operation)
         fire: FireFn = {
             Op.STORE: self._fire_store,
@@ -394,7 +394,7 @@ class Daemon:
             self.stats.on_late(op)
             self._exporter.on_late(op)
 
-        return Scheduler(
+        return Sender(
             op.value,
             o.rate_per_s,
             clock=self.clock,
@@ -501,7 +501,7 @@ class Daemon:
                     (sched, now_ns, self._first_k(op, counters, opened.resumed))
                     for op, sched in self.schedulers.items()
                 ]
-                tg.create_task(Timeline(self.clock).run(entries, self.end_ns), name="schedule")
+                tg.create_task(Pacer(self.clock).run(entries, self.end_ns), name="schedule")
                 loops = [tg.create_task(c, name=n) for n, c in self._loops()]
                 ended_by_time = await self._wait_end()
                 status = "completed" if ended_by_time else "stopped"

@@ -719,7 +719,7 @@ class HttpPool:
 class _Pending(asyncio.Future[None]):
     """A request's future: done once its ``then`` ran; ``cancel()`` also aborts the request.
 
-    Tasks cancel the future they await, and ``Scheduler.drain`` cancels the
+    Tasks cancel the future they await, and ``Sender.drain`` cancels the
     ones it holds, so aborting here needs no done-callback per request.
     """
 

@@ -1,4 +1,9 @@
-"""Open-model, fixed-rate arrivals: one ``Scheduler`` per operation, one ``Timeline`` per run.
+"""Open-model, fixed-rate arrivals: one ``Sender`` per operation, one ``Pacer`` per run.
+
+As vegeta splits its pacer (when) from its attacker (what is sent): the
+``Pacer`` owns the clock and the schedule and tells each ``Sender`` which
+arrival is due; a ``Sender`` starts that arrival's request, caps what is in
+flight and counts drops and lateness. Each uses only the other's public methods.
 
 Arrival ``k`` is due at ``start_ns + (k - first_k) / rate``, computed afresh for
 every arrival in integer nanoseconds from a rational rate, so a 7-day run never
@@ -8,7 +13,7 @@ timers may fire early, and when it wakes late it issues every arrival that has
 come due at once, each with its own intended time: the schedule is never skipped
 or shifted.
 
-Open model: the scheduler never waits for the target. Each arrival is its own
+Open model: a sender never waits for the target. Each arrival is its own
 request in flight (a future, or a task for a coroutine fire); when
 ``max_in_flight`` requests are already outstanding, the arrival is
 *dropped* (counted, reported through ``on_dropped``) rather than queued, so a
@@ -22,9 +27,9 @@ last fraction (see ``SystemClock.call_at``); arrivals therefore leave up to ~1-2
 after their instant. That lag is measured (sent - intended), never hidden, and
 it never shifts the schedule. See docs/perf-scheduler.md for measured figures.
 
-The daemon runs every operation's scheduler on one ``Timeline``, so the
-arrivals of all operations are issued from a single loop that wakes once per
-distinct instant; ``Scheduler.run`` is a timeline of one.
+The daemon runs every operation's sender on one ``Pacer``, so the arrivals of
+all operations are issued from a single loop that wakes once per distinct
+instant; ``Sender.run`` is a pacer of one.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from soakd.model import Cancellable, Clock
 #: ``fire(k, intended_ns)`` starts one request and returns what completes with
 #: it: a future (the daemon's callback path, no task needed), a coroutine (run
 #: as a task), or ``None`` when it sent nothing and holds nothing in flight. It
-#: should not raise; the scheduler guards against it anyway.
+#: should not raise; the sender guards against it anyway.
 FireFn = Callable[[int, int], Awaitable[None] | None]
 
 NS_PER_S = 1_000_000_000
@@ -74,8 +79,8 @@ def arrival_offset_ns(index: int, rate: Fraction) -> int:
     return index * NS_PER_S * rate.denominator // rate.numerator
 
 
-class Scheduler:
-    """Issues one operation's arrivals on an absolute schedule (see module docstring)."""
+class Sender:
+    """Sends one operation's arrivals as its ``Pacer`` says they are due (see module docstring)."""
 
     def __init__(
         self,
@@ -101,7 +106,7 @@ class Scheduler:
         self._late_threshold_ns = late_threshold_ns
         self._tasks: set[asyncio.Future[None]] = set()
         self._stopped = False
-        self._timeline: Timeline | None = None  # the loop issuing our arrivals, while it runs
+        self._pacer: Pacer | None = None  # the loop issuing our arrivals, while it runs
         self._logged_types: set[type[BaseException]] = set()
         self.issued = 0
         self.dropped = 0
@@ -126,9 +131,20 @@ class Scheduler:
 
     async def run(self, start_ns: int, first_k: int = 0, until_ns: int | None = None) -> None:
         """Issue arrivals ``first_k, first_k + 1, ...`` until ``until_ns`` (exclusive) or stop()."""
-        await Timeline(self._clock).run([(self, start_ns, first_k)], until_ns)
+        await Pacer(self._clock).run([(self, start_ns, first_k)], until_ns)
 
-    def _issue(self, loop: asyncio.AbstractEventLoop, k: int, intended: int, now: int) -> None:
+    def attach(self, pacer: Pacer) -> None:
+        """``pacer`` issues our arrivals from now on (one pacer at a time)."""
+        if self._pacer is not None:
+            raise RuntimeError(f"sender {self.name!r} is already running")
+        self._pacer = pacer
+
+    def detach(self) -> None:
+        """The pacer has ended."""
+        self._pacer = None
+
+    def issue(self, loop: asyncio.AbstractEventLoop, k: int, intended: int, now: int) -> None:
+        """Send arrival ``k`` (due at ``intended``) now, or drop it at the in-flight cap."""
         if len(self._tasks) >= self._max_in_flight:
             self.dropped += 1
             try:
@@ -190,8 +206,8 @@ class Scheduler:
     def stop(self) -> None:
         """No further arrivals; ``run()`` returns at once (even mid-sleep)."""
         self._stopped = True
-        if self._timeline is not None:
-            self._timeline.stopped_one()
+        if self._pacer is not None:
+            self._pacer.stopped_one()
 
     async def drain(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for in-flight requests; cancel the rest; return how many."""
@@ -208,12 +224,12 @@ class Scheduler:
         return len(pending)
 
 
-class Timeline:
-    """One wake-up loop for the arrivals of several schedulers.
+class Pacer:
+    """One wake-up loop for the arrivals of several senders.
 
-    Each scheduler keeps its own exact schedule; the timeline merges them and
+    Each sender keeps its own exact schedule; the pacer merges them and
     wakes once at the earliest arrival due, then issues every arrival of every
-    scheduler that has come due. Arrivals of different operations that fall on
+    sender that has come due. Arrivals of different operations that fall on
     the same instant (at the plan's 100/50/20 per second every recall and
     spread instant is also a store instant) therefore always share one
     wake-up: 101 a second for the plan's 100 instants, where three separate
@@ -229,7 +245,7 @@ class Timeline:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._schedulers: list[Scheduler] = []
+        self._senders: list[Sender] = []
         self._done: asyncio.Future[None] | None = None
         self._timer: Cancellable | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -239,22 +255,25 @@ class Timeline:
         self._origins: list[tuple[int, int, int, int]] = []  # start_ns, first_k, step, num
 
     async def run(
-        self, entries: Sequence[tuple[Scheduler, int, int]], until_ns: int | None = None
+        self, entries: Sequence[tuple[Sender, int, int]], until_ns: int | None = None
     ) -> None:
-        """Run ``(scheduler, start_ns, first_k)`` schedules until ``until_ns`` or all stop."""
+        """Run ``(sender, start_ns, first_k)`` schedules until ``until_ns`` or all stop."""
         if self._done is not None:
-            raise RuntimeError("the timeline is already running")
-        for sched, _, _ in entries:
-            if sched._timeline is not None:
-                raise RuntimeError(f"scheduler {sched.name!r} is already running")
+            raise RuntimeError("the pacer is already running")
+        for pos, (sched, _, _) in enumerate(entries):
+            try:
+                sched.attach(self)
+            except RuntimeError:
+                for earlier, _, _ in entries[:pos]:
+                    earlier.detach()
+                raise
         loop = self._loop = asyncio.get_running_loop()
         done = self._done = loop.create_future()
-        self._schedulers = [sched for sched, _, _ in entries]
+        self._senders = [sched for sched, _, _ in entries]
         self._until_ns = until_ns
         self._heap, self._origins = [], []
         now = self._clock.monotonic_ns()
         for pos, (sched, start_ns, first_k) in enumerate(entries):
-            sched._timeline = self
             sched.next_k = first_k
             sched.last_advance_ns = now
             step, num = NS_PER_S * sched.rate.denominator, sched.rate.numerator
@@ -267,12 +286,12 @@ class Timeline:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self._done = None
-            for s in self._schedulers:
-                s._timeline = None
+            for s in self._senders:
+                s.detach()
 
     def stopped_one(self) -> None:
-        """A scheduler stopped: once all have, end ``run()`` at once (even between wake-ups)."""
-        if not all(s._stopped for s in self._schedulers):
+        """A sender stopped: once all have, end ``run()`` at once (even between wake-ups)."""
+        if not all(s.stopped for s in self._senders):
             return
         done = self._done
         if done is not None and not done.done():
@@ -290,13 +309,13 @@ class Timeline:
             if not done.done():
                 done.set_exception(exc)
             return
-        # A fire may have stopped every scheduler (stop() settles ``done``) meanwhile.
+        # A fire may have stopped every sender (stop() settles ``done``) meanwhile.
         if self._timer is None and not done.done():
             done.set_result(None)
 
     def _issue_due(self) -> Cancellable | None:
         """Issue every arrival that has come due; the timer for the next, or None at the end."""
-        clock, heap, scheds, origins = self._clock, self._heap, self._schedulers, self._origins
+        clock, heap, scheds, origins = self._clock, self._heap, self._senders, self._origins
         loop, until_ns = self._loop, self._until_ns
         assert loop is not None
         now = clock.monotonic_ns()
@@ -306,7 +325,7 @@ class Timeline:
         while heap:
             intended, pos, k = heap[0]
             sched = scheds[pos]
-            if sched._stopped or (until_ns is not None and intended >= until_ns):
+            if sched.stopped or (until_ns is not None and intended >= until_ns):
                 heapq.heappop(heap)  # this schedule is over
                 continue
             now = clock.monotonic_ns()
@@ -315,7 +334,7 @@ class Timeline:
                 # once a second even at very low rates, so last_advance_ns (the
                 # watchdog's evidence) keeps moving.
                 return clock.call_at(min(intended, now + _HEARTBEAT_NS), self._tick)
-            sched._issue(loop, k, intended, now)
+            sched.issue(loop, k, intended, now)
             k += 1
             sched.next_k = k
             sched.last_advance_ns = now

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from soakd.clock import FakeClock, SystemClock
 from soakd.model import Cancellable
-from soakd.scheduler import NS_PER_S, Scheduler, Timeline, arrival_offset_ns, exact_rate
+from soakd.scheduler import NS_PER_S, Pacer, Sender, arrival_offset_ns, exact_rate
 from soakd.testing import async_wait_for
 
 SEC = NS_PER_S
@@ -43,9 +43,9 @@ def make(
     max_in_flight: int = 10_000,
     dropped: list[tuple[int, int]] | None = None,
     late: list[tuple[int, int]] | None = None,
-) -> Scheduler:
+) -> Sender:
     drops = dropped if dropped is not None else []
-    return Scheduler(
+    return Sender(
         "test",
         rate,
         clock=clock,
@@ -61,7 +61,7 @@ def due_by(now_ns: int, rate: Fraction, start_ns: int = 0) -> int:
     return (now_ns - start_ns) * rate.numerator // (SEC * rate.denominator) + 1
 
 
-async def advance_to(clock: FakeClock, sched: Scheduler, now_ns: int, expected_next_k: int) -> None:
+async def advance_to(clock: FakeClock, sched: Sender, now_ns: int, expected_next_k: int) -> None:
     """Move the fake clock and wait until the scheduler has issued what is due."""
     clock.set(now_ns)
     await asyncio.sleep(0)  # the loop runs at least once: wake-ups are loop callbacks
@@ -73,7 +73,7 @@ async def advance_to(clock: FakeClock, sched: Scheduler, now_ns: int, expected_n
     )
 
 
-async def settle(sched: Scheduler) -> None:
+async def settle(sched: Sender) -> None:
     """Wait until every issued request has finished."""
     await async_wait_for(lambda: sched.in_flight == 0, timeout_s=10, interval_s=0, what="idle")
 
@@ -377,7 +377,7 @@ async def test_real_clock_and_server_issue_exact_count() -> None:
                     await resp.read()
                     statuses.append(resp.status)
 
-            sched = Scheduler(
+            sched = Sender(
                 "real",
                 200,
                 clock=clock,
@@ -420,7 +420,7 @@ async def test_timeline_shares_wake_ups_and_keeps_each_schedule() -> None:
     clock = CountingClock()
     recs = {rate: Recorder() for rate in (100, 50, 20)}
     scheds = [make(rate, clock=clock, fire=rec) for rate, rec in recs.items()]
-    run = asyncio.create_task(Timeline(clock).run([(s, 0, 0) for s in scheds], until_ns=SEC))
+    run = asyncio.create_task(Pacer(clock).run([(s, 0, 0) for s in scheds], until_ns=SEC))
     await async_wait_for(lambda: bool(clock.deadlines), timeout_s=5, interval_s=0)
     now = 0
     while not run.done():
@@ -450,7 +450,7 @@ async def test_timeline_stop_one_keeps_the_others_then_stop_all_wakes_it() -> No
     clock = FakeClock()
     fast, slow = Recorder(), Recorder()
     a, b = make(10, clock=clock, fire=fast), make(Fraction(1, 100), clock=clock, fire=slow)
-    run = asyncio.create_task(Timeline(clock).run([(a, 0, 0), (b, 0, 0)]))
+    run = asyncio.create_task(Pacer(clock).run([(a, 0, 0), (b, 0, 0)]))
     await advance_to(clock, a, 0, 1)
     a.stop()
     clock.set(SEC)
@@ -469,7 +469,7 @@ async def test_a_scheduler_runs_on_one_timeline_at_a_time() -> None:
     run = asyncio.create_task(sched.run(0))
     await async_wait_for(lambda: clock.sleepers == 1, timeout_s=5, interval_s=0)
     with pytest.raises(RuntimeError, match="already running"):
-        await Timeline(clock).run([(sched, 0, 0)])
+        await Pacer(clock).run([(sched, 0, 0)])
     sched.stop()
     await asyncio.wait_for(run, timeout=5)
 
@@ -478,7 +478,7 @@ async def test_a_fire_that_stops_its_scheduler_ends_the_run_cleanly() -> None:
     """stop() from inside fire (a burst still being issued) ends run() without an error."""
     clock = FakeClock()
     fired: list[int] = []
-    sched: Scheduler | None = None
+    sched: Sender | None = None
 
     async def fire(k: int, intended_ns: int) -> None:
         fired.append(k)

@@ -145,6 +145,11 @@ class ConsolidationWatcher:
         if st is not None and st.first_store_ns is None:
             st.first_store_ns = self._clock.monotonic_ns()
 
+    def on_event(self, event: Event) -> None:
+        """An EventSink: a target restart starts every space's baseline afresh."""
+        if event.kind == EventKind.TARGET_RESTART:
+            self.note_target_restart()
+
     def note_target_restart(self) -> None:
         """The target restarted: its next snapshot starts a new baseline per space."""
         now = self._clock.monotonic_ns()

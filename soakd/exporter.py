@@ -45,7 +45,17 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from soakd.model import Alert, AlertState, ConsolidationRun, Op, OpResult, Outcome, Sample
+from soakd.model import (
+    Alert,
+    AlertState,
+    ConsolidationRun,
+    Event,
+    EventKind,
+    Op,
+    OpResult,
+    Outcome,
+    Sample,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -231,6 +241,15 @@ class Exporter:
     def on_consolidation_stall(self, space: str) -> None:
         """No consolidation run appeared in ``space`` for longer than the plan allows."""
         self._stalls[space] = self._stalls.get(space, 0) + 1
+
+    def on_event(self, event: Event) -> None:
+        """Count the events the metrics show (an EventSink)."""
+        if event.kind == EventKind.TARGET_CRASH:
+            self.on_target_crash()
+        elif event.kind == EventKind.TARGET_RESTART:
+            self.on_target_restart()
+        elif event.kind == EventKind.CONSOLIDATION_STALLED:
+            self.on_consolidation_stall(str(event.detail.get("space", "")))
 
     def on_target_restart(self) -> None:
         self._restarts += 1

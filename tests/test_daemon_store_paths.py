@@ -1,4 +1,4 @@
-"""The daemon's paths into the run store (issue 18): one writer, fresh seed IDs, bounded retries."""
+"""A run's paths into the run store (issue 18): one writer, fresh seed IDs, bounded retries."""
 
 from __future__ import annotations
 
@@ -10,19 +10,13 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from soakd.alerting import Dispatcher
-from soakd.daemon import (
-    MAX_UNCOMMITTED_ALERTS,
-    SEED_K_BASE,
-    Daemon,
-    RunOptions,
-    bounded_uncommitted,
-    seed_k,
-    storage_hint,
-)
-from soakd.model import AlertState, AlertTransition, Event, RunInfo
+from soakd.clock import SystemClock
+from soakd.driver import SEED_K_BASE, seed_k
+from soakd.flusher import Flusher, storage_hint
+from soakd.judge import MAX_UNCOMMITTED_ALERTS, Judge, bounded_uncommitted
+from soakd.model import AlertState, AlertTransition, Event, EventKind, RunInfo
 from soakd.rules import AlertEngine, RuleInputs
 from soakd.spec import load_spec_text
 from soakd.spec.model import AlertKind, AlertRuleSpec
@@ -68,21 +62,31 @@ def _info() -> RunInfo:
 async def test_overlapping_flushes_never_write_older_counters_last(tmp_path: Path) -> None:
     """Two flushes at once (the flush loop and an evaluation): the last counters win.
 
-    Issue 18: ``_flush`` ran from several tasks without a lock and writes
+    Issue 18: the flush ran from several tasks without a lock and writes
     absolute counters, so the older of two overlapping flushes could land last
     and move a counter (the next k of a schedule, integrity totals) backwards.
     """
     RunStore.create(tmp_path, _info()).close()
     conn = RunStore.open(tmp_path)._conn
     store = GatedStore(tmp_path, conn)
-    daemon = Daemon(RunOptions(spec=load_spec_text(SPEC), spec_text=SPEC, state_dir=tmp_path))
     counter = itertools.count(1)
-    daemon.store = store
-    daemon._counters = lambda: {"next_k_store": next(counter)}  # type: ignore[method-assign]
-    daemon.integrity = SimpleNamespace(snapshot=lambda *_: None)  # type: ignore[assignment]
-    first = asyncio.create_task(daemon._flush())
+
+    async def no_room_needed() -> None:
+        raise AssertionError("the writes succeed")
+
+    flusher = Flusher(
+        store,
+        clock=SystemClock(),
+        state_dir=tmp_path,
+        counters=lambda: {"next_k_store": next(counter)},
+        pending=lambda *_: None,
+        status=lambda: {},
+        emit=lambda _: None,
+        on_failing=no_room_needed,
+    )
+    first = asyncio.create_task(flusher.flush())
     await async_wait_for(store.entered.is_set, what="the first flush inside its write")
-    second = asyncio.create_task(daemon._flush())
+    second = asyncio.create_task(flusher.flush())
     assert all(await asyncio.gather(first, second))
     assert store.counters()["next_k_store"] == 2
     store.close()
@@ -150,29 +154,34 @@ async def test_an_evaluation_cancelled_mid_way_still_commits_its_transitions(
     """
     spec = load_spec_text(SPEC)
     store = RunStore.create(tmp_path, _info())
-    store.write(Batch(events=[Event(time.time(), "target_crash", "exit -9")]))
-    daemon = Daemon(RunOptions(spec=spec, spec_text=SPEC, state_dir=tmp_path))
-    daemon.store = store
-    daemon.engine = HeldEngine([CRASH], base_labels={"run_id": "r1"})
-    daemon.dispatcher = Dispatcher(
-        [], db_path=store.db_path, base_labels={}, generator_url="", clock=daemon.clock
+    store.write(Batch(events=[Event(time.time(), EventKind.TARGET_CRASH, "exit -9")]))
+    clock = SystemClock()
+    dispatcher = Dispatcher(
+        [], db_path=store.db_path, base_labels={}, generator_url="", clock=clock
     )
-    daemon.integrity = SimpleNamespace(lost=0, corrupted=0)  # type: ignore[assignment]
-    daemon._exporter = SimpleNamespace(set_alerts=lambda alerts: None)  # type: ignore[assignment]
 
     async def no_flush() -> bool:
         return True
 
-    daemon._flush = no_flush  # type: ignore[method-assign]
-    cancelled = asyncio.create_task(daemon._evaluate())
+    judge = Judge(
+        spec,
+        store=store,
+        engine=HeldEngine([CRASH], base_labels={"run_id": "r1"}),
+        dispatcher=dispatcher,
+        clock=clock,
+        flush=no_flush,
+        integrity=lambda: (0, 0),
+        on_alerts=lambda _: None,
+    )
+    cancelled = asyncio.create_task(judge.evaluate())
     await async_wait_for(HeldEngine.entered.is_set, what="the engine stepping")
     cancelled.cancel()
     HeldEngine.proceed.set()
     with contextlib.suppress(asyncio.CancelledError):
         await cancelled
-    await daemon._evaluate()  # the final evaluation
+    await judge.evaluate()  # the final evaluation
     firing = [t for t in store.alert_history() if t.new is AlertState.FIRING]
     assert [t.rule for t in firing] == ["crash"]
     assert [a.state for a in store.alert_states() if a.rule == "crash"] == [AlertState.FIRING]
-    daemon.dispatcher.close()
+    dispatcher.close()
     store.close()

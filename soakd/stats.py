@@ -28,29 +28,17 @@ went backwards) are recorded as 0.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import math
-import operator
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import numpy as np
-import numpy.typing as npt
-from hdrh.histogram import HdrHistogram
-
+from soakd.hdr import Histogram
 from soakd.model import Clock, IntervalRecord, Op, OpResult, Outcome
 
-LOWEST_US = 1
-HIGHEST_US = 3_600_000_000  # 1 h
-SIGNIFICANT_DIGITS = 3
 _SUMMARY_PERCENTILES = (50.0, 95.0, 99.0, 99.9)
-#: Per histogram layout: the midpoint of every counter's value range (one list
-#: of ~23k uint64 for soakd's single layout, built on first use).
-_MIDPOINTS: dict[tuple[int, int, int], npt.NDArray[np.uint64]] = {}
 #: How long the roll worker sleeps between its steps (each < ~0.2 ms of GIL-holding
 #: work, see bench/stats_roll.py): long enough for a waiting event loop to take the
 #: GIL (a zero sleep may hand it straight back to the worker), short enough that a
@@ -64,155 +52,6 @@ def _no_pause() -> None:
 
 def _worker_pause() -> None:
     time.sleep(WORKER_PAUSE_S)
-
-
-class Histogram:
-    """A latency histogram in microseconds (a thin, typed wrapper over ``hdrh``)."""
-
-    __slots__ = ("_h", "_half", "_half_mag", "_mask", "_shift", "_unit", "clamped")
-
-    def __init__(self, _inner: HdrHistogram | None = None) -> None:
-        h: HdrHistogram = (
-            _inner
-            if _inner is not None
-            else HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
-        )
-        self._h = h
-        self.clamped = 0  # values above HIGHEST_US recorded as HIGHEST_US (not encoded)
-        # hdrh's own record_value costs ~1.2 us (five method calls and a bin()
-        # string per value); record_ns does the same bucket arithmetic inline with
-        # int.bit_length(), ~3x cheaper, and it runs three times per request.
-        self._mask: int = h.sub_bucket_mask
-        self._unit: int = h.unit_magnitude
-        self._half_mag: int = h.sub_bucket_half_count_magnitude
-        self._half: int = h.sub_bucket_half_count
-        self._shift: int = h.unit_magnitude + h.sub_bucket_half_count_magnitude + 1
-
-    @property
-    def count(self) -> int:
-        return int(self._h.total_count)
-
-    def record_ns(self, ns: int) -> None:
-        """Record one duration given in nanoseconds (rounded to the nearest microsecond)."""
-        us = (ns + 500) // 1000
-        if us < 0:
-            us = 0
-        elif us > HIGHEST_US:
-            us = HIGHEST_US
-            self.clamped += 1
-        h = self._h
-        # Same index as HdrHistogram._counts_index_for(us) (bit_length == 64 - clz).
-        bucket = (us | self._mask).bit_length() - self._shift
-        h.counts[((bucket + 1) << self._half_mag) + (us >> (bucket + self._unit)) - self._half] += 1
-        h.total_count += 1
-        # Plain ifs, not max()/min(): no call and no store on the common path.
-        if us > h.max_value:  # noqa: PLR1730
-            h.max_value = us
-        if us < h.min_value:  # noqa: PLR1730
-            h.min_value = us
-
-    def merge(self, other: Histogram) -> None:
-        """Add every value of ``other`` into this histogram (C-speed array add)."""
-        if other._h.total_count:
-            self._h.add(other._h)
-        self.clamped += other.clamped
-
-    def percentile_ms(self, q: float) -> float:
-        """The value at percentile ``q`` (0..100) in milliseconds; 0.0 when empty."""
-        return self.percentiles_ms((q,))[q]
-
-    def percentiles_ms(self, qs: Sequence[float]) -> dict[float, float]:
-        """Several percentiles at once, with hdrh's semantics (highest equivalent value).
-
-        hdrh walks all 23k counters with a method call each (~10 ms a percentile
-        set); a numpy running sum plus a binary search gives the same answer in
-        ~20 us, exactly (unsigned 64-bit integers throughout).
-        """
-        h = self._h
-        total = h.total_count
-        if not total:
-            return dict.fromkeys(qs, 0.0)
-        cumulative = np.cumsum(self._used_counts())
-        targets = np.array(
-            [max(int(min(q, 100.0) * total / 100 + 0.5), 1) for q in qs], dtype=np.uint64
-        )
-        # The first counter whose cumulative count reaches each target.
-        indexes: list[int] = np.searchsorted(cumulative, targets, side="left").tolist()
-        result: dict[float, float] = {}
-        for q, index in zip(qs, indexes, strict=True):
-            lowest, size = self._index_range(index)
-            result[q] = float(lowest + size - 1 if q else lowest) / 1000.0
-        return result
-
-    def max_ms(self) -> float:
-        if not self._h.total_count:
-            return 0.0
-        return float(self._h.get_max_value()) / 1000.0
-
-    def mean_ms(self) -> float:
-        """Mean in milliseconds, from bucket midpoints (hdrh's definition)."""
-        h = self._h
-        total_count = h.total_count
-        if not total_count:
-            return 0.0
-        # hdrh's get_mean_value builds an iterator object per bucket (~40 ms for
-        # 50k distinct values); a dot product with cached midpoints is ~20 us.
-        counts = self._used_counts()
-        midpoints = self._midpoints()[: len(counts)]
-        if total_count * int(midpoints[-1]) < 2**64:
-            total = int(np.dot(counts, midpoints))  # exact: no partial sum can overflow
-        else:  # absurd counts of hour-long values: Python ints never overflow
-            total = sum(map(operator.mul, counts.tolist(), midpoints.tolist()))
-        return float(total) / float(total_count) / 1000.0
-
-    def _midpoints(self) -> npt.NDArray[np.uint64]:
-        """The midpoint of every counter's value range, cached per histogram layout."""
-        key = (self._unit, self._half_mag, self._h.counts_len)
-        cached = _MIDPOINTS.get(key)
-        if cached is None:
-            mids = []
-            for index in range(self._h.counts_len):
-                lowest, size = self._index_range(index)
-                mids.append(lowest + (size >> 1))
-            cached = _MIDPOINTS[key] = np.array(mids, dtype=np.uint64)
-        return cached
-
-    def _used_counts(self) -> npt.NDArray[np.uint64]:
-        """The counters up to the highest one in use: a view, not a copy."""
-        h = self._h
-        counts: npt.NDArray[np.uint64] = np.ctypeslib.as_array(h.counts)
-        return counts[: h.get_counts_array_index(h.max_value) + 1]
-
-    def _index_range(self, index: int) -> tuple[int, int]:
-        """(lowest value, width) of the values counted at ``index`` (hdrh's layout)."""
-        bucket = (index >> self._half_mag) - 1
-        sub = (index & (self._half - 1)) + self._half
-        if bucket < 0:
-            sub -= self._half
-            bucket = 0
-        shift = bucket + self._unit
-        return sub << shift, 1 << shift
-
-    def encode(self) -> bytes:
-        """The standard compressed, base64 HDR encoding (readable by other HDR tools)."""
-        blob = self._h.encode()
-        return blob if isinstance(blob, bytes) else str(blob).encode("ascii")
-
-    @classmethod
-    def decode(cls, blob: bytes) -> Histogram:
-        return cls(HdrHistogram.decode(blob))
-
-    def reset(self) -> None:
-        """Empty the histogram in place (no new allocation, so memory stays flat)."""
-        h = self._h
-        # hdrh's reset() zeroes the 23k counters in a Python loop (~1 ms); memset is ~1 us.
-        ctypes.memset(ctypes.addressof(h.counts), 0, ctypes.sizeof(h.counts))
-        h.total_count = 0
-        h.min_value = sys.maxsize
-        h.max_value = 0
-        h.start_time_stamp_msec = sys.maxsize
-        h.end_time_stamp_msec = 0
-        self.clamped = 0
 
 
 @dataclass(frozen=True)

@@ -5,57 +5,13 @@ never keeps what it wrote: a read-back recomputes the expected content from
 the memory ID alone (:meth:`Workload.expected_content`).
 
 Embeddings are the hot path: 768 floats in every store body and every recall
-URL. Drawing and printing them per request cost ~190 us. Instead each embedding
-is three pre-printed 256-d *parts* (coordinates 0-255, 256-511, 512-767) taken
-from one pool of ``POOL_SIZE`` = 2048 parts per run. That way a body is a string
-concatenation (bench/workload_bodies.py has the figures).
-
-Which parts (no two embeddings of a run share all three)
-    A store's ``k`` becomes index ``2j`` and a recall's ``2j + 1`` (``j = k`` for
-    ``k < 2**32 - 2**20``; larger ``k``, like the daemon's seed stores at
-    ``10**15 + i``, fold into the last ``2**20`` values of ``j``). A seeded
-    bijection of ``[0, 2**33)`` then mixes the index, and the three 11-bit digits of
-    the result name the three parts. A bijection never gives two indices the same
-    digits, so any two embeddings of a run differ in at least one part. Because
-    of the mixing, neighbouring ``k`` share parts no more often than random
-    triples do. Each stream has 4.29e9 distinct
-    ``k``, about 4x a 7-day run at thousands of stores per second.
-
-How far apart (cosine <= 0.6875, whatever the seed)
-    Part ``(a, c, s)`` for slope ``a`` in GF(16) (8 of them), intercept ``c``
-    (16 values) and sign pattern ``s`` (16 values) places ``+-1/4`` at
-    coordinate ``16*b + (c XOR a*b)`` (GF(16) product) in each 16-coordinate
-    block ``b``, with sign ``(-1)**popcount(s & b)``. Two such lines with
-    different slopes meet in exactly one block, which makes their dot ``+-1/16``.
-    Parallel lines never meet (dot 0), and the same line under two sign patterns
-    gives 0 because Walsh characters are orthogonal. So two distinct parts have
-    a dot of 0 or ``+-1/16``. A fixed random rotation (8 butterfly layers of
-    Givens rotations) then makes the coordinates look continuous and keeps
-    every dot. Parts are scaled by ``1/sqrt(3)``, so an embedding's cosine with
-    another is the mean of the three part dots. With two parts shared it is at
-    most ``(2 + 1/16)/3 = 0.6875``, with one 0.375, and with none 0.0625. That
-    holds by construction, far below Engram's silent de-duplication at 0.95
-    (engram-api.md §4). Printing 6 significant digits halves the text and moves
-    dots by about 1e-6. Each part's largest coordinate is printed in full so that
-    norms stay exact to about 1e-15. About 3/2048**2 of all pairs share two
-    parts (cosine 0.65-0.69). A recall query matches such a memory because
-    that is above the default recall threshold of 0.5: about 0.07 matches per
-    query against 100k memories in a space. With independent random vectors
-    (the old scheme) a recall matched nothing.
-
-Per run and memory
-    A permutation of the 256 coordinates, seeded by ``(seed, run_tag)``, turns
-    the fixed base pool into the run's pool. It is orthogonal, so all dots
-    above hold. Two runs against the same Engram do not resend each other's
-    vectors (the daemon's tag changes per run; the seed often stays the spec's
-    default). The old scheme depended on the seed and ``k`` only, so it resent
-    them. A pool is 2048 strings of ~2.8 KB: 5.7 MB held (tracemalloc; ~11 MB
-    peak while it is built). The first pool in a process takes ~0.6-0.9 s to
-    build on the 2-core box. Another ``(seed, run_tag)`` is derived from a cached
-    pool by rewriting its text (~30 ms). At most ``_POOL_CACHE_SIZE`` pools are
-    kept. :class:`Workload` builds its pool when created, before any request is
-    timed. A store then costs ~4 us, the embedding ~1 us of that, and a recall
-    ~2 us.
+URL. So each embedding is three pre-printed 256-d *parts* from one pool of
+``POOL_SIZE`` parts per run, and a body is a string concatenation. A seeded
+bijection picks the parts, so no two embeddings of a run share all three; the
+parts are built so that any two embeddings' cosine stays at most 0.6875 whatever
+the seed, far below Engram's silent de-duplication at 0.95 (engram-api.md §4),
+while a recall can still match. The construction, its proof and its costs are
+in docs/perf-embeddings.md.
 
 Content words come from a seeded 64-bit mix of ``k`` (no RNG per request);
 text recall still draws its three words from a seeded ``random.Random``.

@@ -1,12 +1,12 @@
 """Fast merging of stored HDR histogram blobs, for reports over very long runs.
 
 A 7-day run stores ~180,000 interval records per histogram kind. Decoding each
-blob into a fresh ``hdrh.HdrHistogram`` (a ~190 KB counts array per blob) and
-adding it costs ~60 us, ~20 s for a week of records on this machine. This
-module decodes each blob with hdrh's own C varint decoder into ONE reused
-scratch array and adds only the populated prefix into an accumulator, about 4x
-cheaper. Blobs whose layout differs from the first one (another tool wrote
-them) take the slow, exact path through ``HdrHistogram``.
+blob into a fresh ``hdrh.HdrHistogram`` (a ~190 KB counts array per blob) is
+too slow for that (figures: docs/performance.md). This module decodes each blob
+with hdrh's own C varint decoder into ONE reused scratch array and adds only the
+populated stretch into an accumulator. Blobs whose layout differs from the first
+one (another tool wrote them) take the slow, exact path. What it needs of
+hdrh's internals it takes from soakd.hdr.
 
 The wire format is hdrh's V2 "compressed" encoding as written by
 :meth:`soakd.stats.Histogram.encode`; percentiles follow hdrh's definitions
@@ -25,23 +25,24 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hdrh.codec import ExternalHeader, PayloadHeader
-from hdrh.histogram import HdrHistogram
-from pyhdrh import (  # type: ignore[import-not-found]  # hdrh's C helpers, no stubs
-    add_array,
-    decode,
+from soakd.hdr import (
+    EXTERNAL_HEADER_SIZE,
+    PAYLOAD_HEADER_SIZE,
+    WORD,
+    IndexMath,
+    add_counts,
+    counts_by_value,
+    decode_counts,
 )
-
 from soakd.stats import LatencySummary
 
-_WORD = 8  # V2 encodings always carry 64-bit counters
 _Layout = tuple[int, int, int]  # lowest, highest, significant figures
-# hdrh's big-endian headers (hdrh.codec.ExternalHeader / PayloadHeader), read with
-# struct: ~3x cheaper than ctypes structures, which matters 360,000 times a week.
+# hdrh's big-endian headers, read with struct: cheaper than ctypes structures,
+# which matters 360,000 times a week.
 _EXT = struct.Struct(">II")
 _PAYLOAD = struct.Struct(">IIIIQQd")
-assert _EXT.size == ctypes.sizeof(ExternalHeader)
-assert _PAYLOAD.size == ctypes.sizeof(PayloadHeader)
+assert _EXT.size == EXTERNAL_HEADER_SIZE
+assert _PAYLOAD.size == PAYLOAD_HEADER_SIZE
 
 
 class BlobError(ValueError):
@@ -73,11 +74,11 @@ class Merger:
     they learn it from the first blob they see.
     """
 
-    __slots__ = ("_acc", "_layout", "_max_index", "_min_index", "_scratch", "_tpl", "count")
+    __slots__ = ("_acc", "_layout", "_math", "_max_index", "_min_index", "_scratch", "count")
 
     def __init__(self) -> None:
         self._layout: _Layout | None = None
-        self._tpl: HdrHistogram | None = None  # used for index <-> value maths only
+        self._math: IndexMath | None = None
         self._acc: Any = None
         self._scratch: Any = None
         self.count = 0
@@ -86,8 +87,8 @@ class Merger:
 
     def _init_layout(self, layout: _Layout) -> None:
         self._layout = layout
-        self._tpl = HdrHistogram(*layout)
-        n = int(self._tpl.counts_len)
+        self._math = IndexMath(*layout)
+        n = self._math.counts_len
         self._acc = (ctypes.c_ulonglong * n)()
         self._scratch = (ctypes.c_ulonglong * n)()
 
@@ -101,18 +102,16 @@ class Merger:
             return
         n = len(self._acc)
         try:
-            res = decode(data, _PAYLOAD.size, ctypes.addressof(self._scratch), n, _WORD)
-        except Exception as exc:  # the C decoder raises plain ValueError/IndexError
+            total, lo, hi = decode_counts(data, _PAYLOAD.size, self._scratch, n)
+        except ValueError as exc:
             raise BlobError(f"undecodable histogram counts: {exc}") from exc
-        total = int(res["total"])
         if total <= 0:
             return
-        lo, hi = int(res["min_nonzero_index"]), int(res["max_nonzero_index"])
         # Only [lo, hi] was written: add and re-zero just that stretch.
-        offset, used = lo * _WORD, hi - lo + 1
+        offset, used = lo * WORD, hi - lo + 1
         scratch = ctypes.addressof(self._scratch) + offset
-        add_array(ctypes.addressof(self._acc) + offset, scratch, used, _WORD)
-        ctypes.memset(scratch, 0, used * _WORD)
+        add_counts(ctypes.addressof(self._acc) + offset, scratch, used)
+        ctypes.memset(scratch, 0, used * WORD)
         self._note(total, lo, hi)
 
     def _note(self, total: int, lo: int, hi: int) -> None:
@@ -123,18 +122,12 @@ class Merger:
 
     def _add_foreign(self, blob: bytes) -> None:
         """Exact but slow: re-record a differently laid-out histogram value by value."""
-        other = HdrHistogram.decode(blob)
-        tpl = self._tpl
-        assert tpl is not None
-        for index in range(int(other.counts_len)):
-            c = int(other.get_count_at_index(index))
-            if c:
-                value = min(
-                    int(other.get_value_from_index(index)), int(tpl.highest_trackable_value)
-                )
-                i = int(tpl._counts_index_for(value))
-                self._acc[i] += c
-                self._note(c, i, i)
+        math = self._math
+        assert math is not None
+        for value, c in counts_by_value(blob):
+            i = math.index_of(value)
+            self._acc[i] += c
+            self._note(c, i, i)
 
     def add_merger(self, other: Merger) -> None:
         """Fold another merger (same layout) into this one."""
@@ -145,15 +138,15 @@ class Merger:
             self._init_layout(other._layout)
         if other._layout != self._layout:
             raise BlobError("cannot merge histograms of different layouts")
-        offset, used = other._min_index * _WORD, other._max_index - other._min_index + 1
-        add_array(
-            ctypes.addressof(self._acc) + offset, ctypes.addressof(other._acc) + offset, used, _WORD
+        offset, used = other._min_index * WORD, other._max_index - other._min_index + 1
+        add_counts(
+            ctypes.addressof(self._acc) + offset, ctypes.addressof(other._acc) + offset, used
         )
         self._note(other.count, other._min_index, other._max_index)
 
     def reset(self) -> None:
         if self._acc is not None and self._max_index >= 0:
-            ctypes.memset(self._acc, 0, (self._max_index + 1) * _WORD)
+            ctypes.memset(self._acc, 0, (self._max_index + 1) * WORD)
         self.count = 0
         self._min_index = -1
         self._max_index = -1
@@ -161,9 +154,9 @@ class Merger:
     # -- reading ----------------------------------------------------------------
 
     def _value_ms(self, index: int) -> float:
-        tpl = self._tpl
-        assert tpl is not None
-        return float(tpl.get_highest_equivalent_value(tpl.get_value_from_index(index))) / 1000.0
+        math = self._math
+        assert math is not None
+        return float(math.highest_equivalent(index)) / 1000.0
 
     def percentiles_ms(self, qs: Sequence[float]) -> tuple[float, ...]:
         """Values at percentiles ``qs`` (0..100), milliseconds; zeros when empty."""
@@ -185,13 +178,13 @@ class Merger:
         """Mean from bucket midpoints (hdrh's definition), milliseconds."""
         if self.count == 0:
             return 0.0
-        tpl = self._tpl
-        assert tpl is not None
+        math = self._math
+        assert math is not None
         total = 0
         lo = self._min_index
         for offset, c in enumerate(self._acc[lo : self._max_index + 1]):
             if c:
-                total += c * tpl._hdr_median_equiv_value(tpl.get_value_from_index(lo + offset))
+                total += c * math.median_equivalent(lo + offset)
         return float(total) / float(self.count) / 1000.0
 
     def summary(self) -> LatencySummary:

@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from soakd.hdr import Histogram
 from soakd.model import (
     DRIVEN_OPS,
     AlertState,
@@ -40,7 +41,6 @@ from soakd.spec.model import (
     Spec,
     SpreadOptions,
 )
-from soakd.stats import Histogram
 from soakd.store import Batch, RunStore
 
 #: Latency levels encoded per operation (the drift knob walks through them).

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from soakd.hdr import Histogram
 from soakd.model import DRIVEN_OPS, EventKind, IntervalRecord, Op, Sample
 from soakd.rules.cadence import cadence_summary
 from soakd.rules.exhaustion import EXHAUSTION_WINDOW_S, forecast
@@ -25,7 +26,7 @@ from soakd.rules.inputs import RuleInputs
 from soakd.rules.leak import LEAK_COST_FACTOR, MEMORY_COST_BYTES, LeakFit, leak_fit, memory_field
 from soakd.rules.windows import Windows, cadence_window_s, default_windows
 from soakd.spec.model import AlertKind, AlertRuleSpec
-from soakd.stats import Histogram, merge_blobs, quantile_bounds
+from soakd.stats import merge_blobs, quantile_bounds
 
 #: A latency comparison needs this many requests on each side.
 PERF_MIN_COUNT = 200

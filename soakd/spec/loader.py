@@ -22,7 +22,7 @@ import yaml
 from soakd.errors import Problem, SpecError
 from soakd.spec.alerts import read_alerts, with_implicit_rules
 from soakd.spec.fields import Ctx, Section, as_str
-from soakd.spec.model import ExporterSpec, Spec
+from soakd.spec.model import ExporterSpec, Spec, spec_keys
 from soakd.spec.netaddr import check_http_url, check_listen
 from soakd.spec.sections import (
     read_exporter,
@@ -34,19 +34,8 @@ from soakd.spec.sections import (
 from soakd.spec.workload import read_monitoring, read_workload
 from soakd.spec.yamlsafe import ComposeError, compose, decode_spec, read_spec_file
 
-TOP_KEYS: tuple[str, ...] = (
-    "name",
-    "seed",
-    "duration",
-    "workload",
-    "monitoring",
-    "alerts",
-    "receivers",
-    "target",
-    "sampling",
-    "integrity",
-    "exporter",
-)
+#: The top-level keys, from the model (spec_keys).
+TOP_KEYS = spec_keys(Spec)
 MAX_DURATION_S = 366 * 86400.0
 #: ``--metrics-listen off`` (or ``none``) turns the exporter off for one run.
 EXPORTER_OFF = ("off", "none")

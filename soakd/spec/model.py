@@ -2,12 +2,44 @@
 
 No ``dict`` travels past ``soakd.spec``: mappings here are tuples of pairs or
 frozen dataclasses. Units are in the names (``*_s`` seconds, ``*_bytes``).
+
+The model is where a spec key is declared: a section's keys are its fields'
+names without their unit suffix (``timeout_s`` is read from ``timeout``), unless
+a field says otherwise in its metadata (``yaml_key``; None: no key of its own).
+``spec_keys`` derives them; the readers (soakd.spec.sections, .workload,
+.loader) accept exactly those, and a test holds docs/spec.md and
+config/example.yaml to them.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+#: Field metadata: the YAML key a field is read from (None: not a key of its own).
+YAML_KEY = "yaml_key"
+_UNIT_SUFFIXES = ("_per_s", "_bytes", "_s")
+
+
+def yaml_key(name: str | None) -> dict[str, str | None]:
+    """Metadata for a field whose key is not its name minus the unit suffix."""
+    return {YAML_KEY: name}
+
+
+def spec_keys(cls: Any) -> tuple[str, ...]:
+    """The YAML keys of a spec dataclass, in field order."""
+    keys: list[str] = []
+    for f in fields(cls):
+        if YAML_KEY in f.metadata:
+            key = f.metadata[YAML_KEY]
+        else:
+            key = next(
+                (f.name.removesuffix(u) for u in _UNIT_SUFFIXES if f.name.endswith(u)), f.name
+            )
+        if key is not None:
+            keys.append(key)
+    return tuple(keys)
 
 
 @dataclass(frozen=True)
@@ -33,8 +65,9 @@ class OperationSpec:
     spaces: int  # how many spaces the load is spread over (space_01..space_NN)
     max_in_flight: int = 512  # arrivals beyond this are counted as dropped
     timeout_s: float = 30.0
-    recall: RecallOptions | None = None  # set for operation == "recall"
-    spread: SpreadOptions | None = None  # set for operation == "spread"
+    # Set for operation == "recall" / "spread", from keys of their own in the entry.
+    recall: RecallOptions | None = field(default=None, metadata=yaml_key(None))
+    spread: SpreadOptions | None = field(default=None, metadata=yaml_key(None))
 
 
 @dataclass(frozen=True)
@@ -118,7 +151,8 @@ class ReceiverSpec:
     name: str
     type: ReceiverType
     url: str | None = None  # plain URL (alertmanager, webhook)
-    url_secret: Secret | None = None  # tokenised URL (slack, webhook with token)
+    # A tokenised URL (slack, webhook with token): ``url`` as a secret reference.
+    url_secret: Secret | None = field(default=None, metadata=yaml_key(None))
     routing_key: Secret | None = None  # pagerduty
     timeout_s: float = 10.0
     resend_interval_s: float = 60.0
@@ -190,8 +224,9 @@ class Spec:
     """A whole, validated soak spec."""
 
     duration_s: float
-    operations: tuple[OperationSpec, ...]
-    consolidation: ConsolidationSpec | None = None
+    operations: tuple[OperationSpec, ...] = field(metadata=yaml_key("workload"))
+    # An entry of ``workload`` too (operation: consolidation).
+    consolidation: ConsolidationSpec | None = field(default=None, metadata=yaml_key(None))
     monitoring: tuple[str, ...] = ()
     alerts: tuple[AlertRuleSpec, ...] = ()
     receivers: tuple[ReceiverSpec, ...] = ()
@@ -201,7 +236,8 @@ class Spec:
     exporter: ExporterSpec = field(default_factory=ExporterSpec)
     seed: int = 0
     name: str = "soak"
-    fingerprint: str = ""  # sha256 of the canonical spec (minus overrides): resume guard
+    # sha256 of the canonical spec (minus overrides): resume guard.
+    fingerprint: str = field(default="", metadata=yaml_key(None))
 
     def operation(self, name: str) -> OperationSpec | None:
         return next((o for o in self.operations if o.operation == name), None)

@@ -33,30 +33,17 @@ from soakd.spec.model import (
     SamplingSpec,
     Secret,
     TargetSpec,
+    spec_keys,
 )
 from soakd.spec.netaddr import check_http_url, check_listen
 
-TARGET_KEYS: tuple[str, ...] = (
-    "url",
-    "api_key",
-    "command",
-    "env",
-    "cwd",
-    "pid",
-    "pid_file",
-    "systemd_unit",
-    "data_dir",
-    "restart",
-    "restart_max",
-    "restart_backoff",
-    "startup_timeout",
-    "setup_timeout",
-    "max_connections",
-)
-SAMPLING_KEYS = ("interval", "uss_interval", "stats_interval", "flush_interval", "min_free_disk")
-INTEGRITY_KEYS = ("sample_fraction", "delay", "max_pending", "space_capacity")
-EXPORTER_KEYS = ("listen",)
-RECEIVER_KEYS = ("name", "type", "url", "routing_key", "timeout", "resend_interval")
+# The keys each section accepts: declared once, by the model's fields (spec_keys).
+TARGET_KEYS = spec_keys(TargetSpec)
+SAMPLING_KEYS = spec_keys(SamplingSpec)
+INTEGRITY_KEYS = spec_keys(IntegritySpec)
+EXPORTER_KEYS = spec_keys(ExporterSpec)
+RECEIVER_KEYS = spec_keys(ReceiverSpec)
+
 #: Placeholders the target launcher expands in ``command``; kept verbatim here.
 COMMAND_PLACEHOLDERS: tuple[str, ...] = ("python", "port")
 _LOCATORS = ("command", "pid", "pid_file", "systemd_unit")

@@ -14,17 +14,24 @@ from dataclasses import dataclass
 import yaml
 
 from soakd.spec.fields import Ctx, Section, as_rate, as_str, did_you_mean, items, join, short
-from soakd.spec.model import ConsolidationSpec, OperationSpec, RecallOptions, SpreadOptions
+from soakd.spec.model import (
+    ConsolidationSpec,
+    OperationSpec,
+    RecallOptions,
+    SpreadOptions,
+    spec_keys,
+)
 
 DRIVEN_OPERATIONS: tuple[str, ...] = ("store", "recall", "spread")
 OPERATIONS: tuple[str, ...] = (*DRIVEN_OPERATIONS, "consolidation")
 
-_COMMON = ("operation", "rate", "spaces", "max_in_flight", "timeout")
+# The keys of each entry, from the model's fields (spec_keys): declared once.
+_COMMON = spec_keys(OperationSpec)
 OPERATION_KEYS: dict[str, tuple[str, ...]] = {
     "store": _COMMON,
-    "recall": (*_COMMON, "max_results", "threshold", "by"),
-    "spread": (*_COMMON, "max_hops", "decay", "threshold"),
-    "consolidation": ("operation", "interval", "spaces", "poll_interval", "tolerance"),
+    "recall": (*_COMMON, *spec_keys(RecallOptions)),
+    "spread": (*_COMMON, *spec_keys(SpreadOptions)),
+    "consolidation": ("operation", *spec_keys(ConsolidationSpec)),
 }
 _ALL_KEYS = tuple(dict.fromkeys(k for keys in OPERATION_KEYS.values() for k in keys))
 

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from soakd.errors import SpecError
-from soakd.spec import load_spec, load_spec_text
+from soakd.spec import load_spec, load_spec_text, model
 from soakd.spec.alerts import ANNOTATION_KEYS, STRUCTURED_KEYS
 from soakd.spec.loader import TOP_KEYS
-from soakd.spec.model import AlertKind, ReceiverType, RestartPolicy, Secret
+from soakd.spec.model import AlertKind, ReceiverType, RestartPolicy, Secret, spec_keys
 from soakd.spec.sections import (
     EXPORTER_KEYS,
     INTEGRITY_KEYS,
@@ -152,6 +152,52 @@ def test_docs_describe_every_key_and_monitoring_name() -> None:
     docs = (ROOT / "docs" / "spec.md").read_text()
     missing = {k for k in _all_keys() | set(MONITORING_NAMES) if f"`{k}`" not in docs}
     assert missing == set()
+
+
+def _doc_tables(text: str) -> list[set[str]]:
+    """The keys of every ``| key | type | default | meaning |`` table of docs/spec.md."""
+    tables: list[set[str]] = []
+    current: set[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("| key | type | default | meaning |"):
+            current = set()
+            tables.append(current)
+        elif current is not None and not line.startswith("|---"):
+            row = re.match(r"\| `([a-z_]+)` \|", line)
+            if row is None:
+                current = None
+            else:
+                current.add(row.group(1))
+    return tables
+
+
+def test_docs_reference_tables_list_exactly_the_models_keys() -> None:
+    """Each section's table in docs/spec.md has every key the model declares, and no other.
+
+    The model (soakd/spec/model.py) is where a key is declared (issue 19): a
+    field added there is accepted by the loader at once, and fails here until
+    the reference table says what it is; a key left in the table after the
+    field is gone fails too.
+    """
+    tables = _doc_tables((ROOT / "docs" / "spec.md").read_text())
+    sections: dict[str, tuple[str, ...]] = {
+        "top level": spec_keys(model.Spec),
+        "workload (store, recall, spread)": spec_keys(model.OperationSpec),
+        "workload, recall only": spec_keys(model.RecallOptions),
+        "workload, spread only": spec_keys(model.SpreadOptions),
+        "workload, consolidation": OPERATION_KEYS["consolidation"],
+        "receivers": spec_keys(model.ReceiverSpec),
+        "target": spec_keys(model.TargetSpec),
+        "sampling": spec_keys(model.SamplingSpec),
+        "integrity": spec_keys(model.IntegritySpec),
+        "exporter": spec_keys(model.ExporterSpec),
+    }
+    for name, keys in sections.items():
+        want = set(keys)
+        table = max(tables, key=lambda t, w=want: len(t & w))  # type: ignore[misc]
+        assert (want - table, table - want) == (set(), set()), (
+            f"docs/spec.md, {name}: (lacks, has but the model does not)"
+        )
 
 
 def test_overrides_apply_but_do_not_change_the_fingerprint(tmp_path: Path) -> None:

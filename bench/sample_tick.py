@@ -27,8 +27,8 @@ import psutil
 
 from soakd.clock import SystemClock
 from soakd.model import Event, Sample
+from soakd.process import ProcessId
 from soakd.sampler import Sampler, dir_size_bytes, read_smaps_anonymous, read_status_rss_anon
-from soakd.target import ProcessId
 
 HOG = r"""
 import sys

@@ -38,6 +38,7 @@ from soakd.housekeeping import Housekeeping, every
 from soakd.integrity import IntegrityChecker
 from soakd.judge import Judge
 from soakd.model import Clock, ConsolidationRun, Event, EventKind, Op, Sample
+from soakd.process import ProcessId, PsutilTable
 from soakd.progress import build_status
 from soakd.report import ReportExtras, write_reports
 from soakd.rules import AlertEngine
@@ -48,7 +49,7 @@ from soakd.spaces import ensure_spaces
 from soakd.spec.model import RecallOptions, Spec, SpreadOptions, TargetSpec
 from soakd.stats import StatsHub
 from soakd.systemd import Notifier
-from soakd.target import ProcessId, PsutilTable, Target
+from soakd.target import Target
 from soakd.workload import Workload, space_names
 
 log = structlog.get_logger(__name__)

@@ -32,7 +32,7 @@ import psutil
 import structlog
 
 from soakd.model import Clock, Event, EventKind, Sample
-from soakd.target import CREATE_TIME_TOLERANCE_S, ProcessId
+from soakd.process import CREATE_TIME_TOLERANCE_S, ProcessId
 
 log = structlog.get_logger(__name__)
 

@@ -8,6 +8,10 @@ bounded; older data is read back from here.
 All methods are blocking: the daemon calls them through ``asyncio.to_thread``.
 One connection is shared under a lock (SQLite serialises writers anyway);
 the alert outbox opens its own connection to the same file.
+
+Why one module of more than 600 lines: it is the run store's whole SQL (schema,
+migrations, batch writes, every read, retention); kept together, a column
+change is made and checked in one place.
 """
 
 from __future__ import annotations

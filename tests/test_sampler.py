@@ -19,8 +19,8 @@ import pytest
 from soakd import sampler as sampler_module
 from soakd.clock import FakeClock, SystemClock
 from soakd.model import Event, Sample
+from soakd.process import ProcessId
 from soakd.sampler import Sampler, dir_size_bytes, read_heap_bytes, read_smaps_anonymous
-from soakd.target import ProcessId
 from soakd.testing import async_wait_for
 
 T = TypeVar("T")

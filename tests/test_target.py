@@ -21,19 +21,19 @@ from soakd.clock import FakeClock, SystemClock
 from soakd.engram import EngramClient
 from soakd.errors import StartupError
 from soakd.model import Event
-from soakd.sampler import Sampler
-from soakd.spec.model import RestartPolicy, TargetSpec
-from soakd.target import (
+from soakd.process import (
     PidFile,
     ProcessId,
     PsutilTable,
-    Target,
     guess_data_dir,
     is_local_host,
     listener_pid,
     process_from_pid_file,
     read_pid_file,
 )
+from soakd.sampler import Sampler
+from soakd.spec.model import RestartPolicy, TargetSpec
+from soakd.target import Target
 from soakd.testing import async_wait_for, wait_for
 
 #: A tiny HTTP server: argv = [port, pid_file?]. Writes Engram's "PID:PORT" file atomically.

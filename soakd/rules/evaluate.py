@@ -7,6 +7,10 @@ cannot be judged yet (warm-up, too few samples) is reported inactive and
 ``judged=False``, with a summary that says why: the engine keeps a firing
 instance firing then (Prometheus's ``keep_firing_for``), as "too little data"
 is not "over".
+
+Why one module of more than 600 lines: one short function per alert kind
+(eleven of them) and the helpers they share; a module per kind would be
+smaller files that only make sense read together.
 """
 
 from __future__ import annotations

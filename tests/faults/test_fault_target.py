@@ -37,8 +37,8 @@ from typing import Any
 import psutil
 import pytest
 
+from soakd.process import listener_pid
 from soakd.store import RunStore
-from soakd.target import listener_pid
 from soakd.testing import free_port, soak_spec, wait_for
 
 THIS_FILE = Path(__file__).resolve()

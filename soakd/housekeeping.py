@@ -133,7 +133,7 @@ class Housekeeping:
         out = self._state_dir / "checkpoints"
         # A long report in a thread would hold the GIL against the event loop
         # that paces the load; a niced child process leaves the loop alone
-        # (figures: docs/performance.md).
+        # (figures: docs/perf-report.md, "A checkpoint during a live run").
         try:
             await write_reports_subprocess(
                 self._state_dir,

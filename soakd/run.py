@@ -61,7 +61,7 @@ CHECKPOINT_MIN_RUN_S = 3600.0  # shorter runs get only the final report
 DISK_INTERVAL_S = 10.0
 RETENTION_INTERVAL_S = 600.0
 FINAL_FLUSH_S = 10.0
-#: Only guards against a hang (a 7-day report's cost: docs/performance.md).
+#: Only guards against a hang (what a 7-day report costs: docs/perf-report.md).
 REPORT_TIMEOUT_S = 600.0
 #: Counters naming the target process soakd launched (for adoption on resume).
 OWNED_PID = "owned_target_pid"

@@ -258,6 +258,14 @@ OPTIONS = (
         "0",
         "read each mapping through over this long instead of at once (RssFile keeps growing)",
     ),
+    Opt(
+        "--unhealthy-after",
+        "ENGRAM_REF_UNHEALTHY_AFTER",
+        parse_duration_s,
+        "0",
+        "FAULT self-report: from this long after start, /health and /api/v1/system/health "
+        "answer 503 'unhealthy' with their whole body (Engram under load; 0: never)",
+    ),
 )
 STOCK_ENV = "ENGRAM_REF_STOCK"
 
@@ -328,6 +336,7 @@ def _config(v: dict[str, Any], stock: bool) -> ServerConfig:
         space_create_parallel=v["space_create_parallel"],
         file_map_bytes=v["file_map_size"],
         file_map_fill_s=v["file_map_fill_time"],
+        unhealthy_after_s=v["unhealthy_after"],
     )
     consolidation = ConsolidationConfig(
         interval_s=max(0.01, v["consolidation_interval"]),

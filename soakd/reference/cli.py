@@ -88,6 +88,13 @@ def _drifts(text: str) -> dict[str, float]:
     return out
 
 
+def _scale(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 100.0:
+        raise ValueError(f"{text} must be in [1, 100]")
+    return value
+
+
 OPTIONS = (
     Opt("--host", "ENGRAM_HTTP_BIND", str, "127.0.0.1", "address to bind"),
     Opt("--port", None, int, "7432", "HTTP port (0: ephemeral; busy: tries the next 100)"),
@@ -220,6 +227,13 @@ OPTIONS = (
         "0",
         "FAULT: fraction of stores answered 201 but not kept",
     ),
+    Opt(
+        "--latency-scale",
+        "ENGRAM_REF_LATENCY_SCALE",
+        _scale,
+        "1",
+        "FAULT slowness: each measured operation holds the loop F times as long (1.2: +20 %)",
+    ),
 )
 STOCK_ENV = "ENGRAM_REF_STOCK"
 
@@ -285,6 +299,7 @@ def _config(v: dict[str, Any], stock: bool) -> ServerConfig:
         crash_after_ops=v["crash_after_ops"],
         crash_signal=v["crash_signal"],
         write_loss=v["write_loss"],
+        latency_scale=v["latency_scale"],
     )
     consolidation = ConsolidationConfig(
         interval_s=max(0.01, v["consolidation_interval"]),

@@ -75,6 +75,9 @@ class FaultConfig:
     crash_after_ops: int = 0
     crash_signal: signal.Signals = signal.SIGKILL
     write_loss: float = 0.0
+    # Every measured operation's own work is stretched to this many times its length by
+    # spinning the loop: a uniformly slower build (tests of the baseline regression gate).
+    latency_scale: float = 1.0
 
     def op(self, name: str) -> OpFaults:
         """Faults of one operation (none if not configured)."""

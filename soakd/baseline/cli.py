@@ -46,6 +46,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     b.add_argument("--scale", default="1", help="dataset size factor (0.01: 100/1K/10K memories)")
     b.add_argument("--out", type=Path, help="output directory (default: ./baseline)")
     b.add_argument(
+        "--rates-from",
+        type=Path,
+        metavar="BASELINE_JSON",
+        help="measure latency at the rates this baseline used (for a regression gate)",
+    )
+    b.add_argument(
         "--render",
         type=Path,
         metavar="BASELINE_JSON",
@@ -91,7 +97,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     choice = TargetChoice(args.target_url, args.launch, tuple(args.reference_arg))
     if choice.reference_args and choice.url:
         raise UsageError("--reference-arg applies only to the bundled reference target")
-    baseline = uvloop.run(take_baseline(plan, choice, err=sys.stderr))
+    rates_from = read_baseline(args.rates_from) if args.rates_from else None
+    baseline = uvloop.run(take_baseline(plan, choice, err=sys.stderr, rates_from=rates_from))
     for p in write_all(baseline, args.out or Path("baseline")):
         print(p)
     return ExitCode.PASSED

@@ -95,19 +95,23 @@ class BaselinePlan:
         return next(s for s in self.sizes if s.name == name)
 
 
-def _number(doc: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+def _number(
+    doc: dict[str, Any], key: str, default: float, lo: float, hi: float, *, where: str = "baseline"
+) -> float:
     if key not in doc:
         return default
     v = doc[key]
     if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-        raise PlanError(f"baseline.{key}: expected a number in [{lo}, {hi}], got {v!r}")
+        raise PlanError(f"{where}.{key}: expected a number in [{lo}, {hi}], got {v!r}")
     return float(v)
 
 
-def _int(doc: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
-    v = _number(doc, key, default, lo, hi)
+def _int(
+    doc: dict[str, Any], key: str, default: int, lo: int, hi: int, *, where: str = "baseline"
+) -> int:
+    v = _number(doc, key, default, lo, hi, where=where)
     if v != int(v):
-        raise PlanError(f"baseline.{key}: expected a whole number, got {doc[key]!r}")
+        raise PlanError(f"{where}.{key}: expected a whole number, got {doc[key]!r}")
     return int(v)
 
 
@@ -125,8 +129,8 @@ def _sizes(raw: Any) -> tuple[SizePlan, ...]:
         name = item.get("name")
         if not isinstance(name, str) or not name.isidentifier() or len(name) > 20:
             raise PlanError(f"{where}.name: expected a short identifier, got {name!r}")
-        memories = _int(item, "memories", -1, 1, 100_000_000)
-        spaces = _int(item, "spaces", -1, 1, 100)
+        memories = _int(item, "memories", -1, 1, 100_000_000, where=where)
+        spaces = _int(item, "spaces", -1, 1, 100, where=where)
         if memories < 0 or spaces < 0:
             raise PlanError(f"{where}: 'memories' and 'spaces' are required")
         if any(s.name == name for s in out):

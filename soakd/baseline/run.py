@@ -197,8 +197,16 @@ class _Usage:
 class _Session:
     """One target, one client: the per-workload steps."""
 
-    def __init__(self, plan: BaselinePlan, client: EngramClient, pid: int | None, err: TextIO):
+    def __init__(
+        self,
+        plan: BaselinePlan,
+        client: EngramClient,
+        pid: int | None,
+        err: TextIO,
+        rates_from: Baseline | None,
+    ):
         self.plan = plan
+        self.rates_from = rates_from
         self.client = client
         self.pid = pid
         self.err = err
@@ -282,14 +290,31 @@ class _Session:
             trial, start_rate=p.start_rate, max_rate=p.max_rate, resolution=p.resolution
         )
 
+    def given_rates(self, workload: str, ops: list[str]) -> dict[str, float] | None:
+        """The latency rates of ``rates_from`` for these operations, when it has them all."""
+        old = self.rates_from.workload(workload) if self.rates_from else None
+        if old is None:
+            return None
+        rates = {o.op: o.latency.rate_per_s for o in old.ops if o.latency and o.op in ops}
+        return rates if len(rates) == len(ops) else None
+
     async def measure(
-        self, driver: Driver, shares: dict[str, float], total: float, usage: _Usage
+        self,
+        driver: Driver,
+        shares: dict[str, float],
+        total: float,
+        usage: _Usage,
+        workload: str,
     ) -> dict[str, tuple[Tally, float]]:
         p = self.plan
-        rate = total * p.latency_share
-        smallest = min(shares.values())
-        seconds = window_seconds(rate * smallest, p.latency_min_seconds, p.latency_min_requests)
-        rates = {op: rate * share for op, share in shares.items()}
+        rates = self.given_rates(workload, list(shares))
+        if rates is None:
+            rate = total * p.latency_share
+            rates = {op: rate * share for op, share in shares.items()}
+        else:
+            self.say(f"  {workload}: latency at the rates of --rates-from: {rates}")
+        slowest = min(rates.values())
+        seconds = window_seconds(slowest, p.latency_min_seconds, p.latency_min_requests)
         async with usage.measuring():
             tallies = await self.window(driver, rates, seconds)
         return {t.op: (t, rates[t.op]) for t in tallies}
@@ -303,8 +328,10 @@ class _Session:
             thr = await self.find(f"{size.name}/{op}", driver, {op: 1.0})
             self.found[(size.name, op)] = thr.per_s
             lat = None
-            if thr.per_s > 0:
-                tally, rate = (await self.measure(driver, {op: 1.0}, thr.per_s, usage))[op]
+            if thr.per_s > 0 or self.given_rates(size.name, [op]):
+                tally, rate = (await self.measure(driver, {op: 1.0}, thr.per_s, usage, size.name))[
+                    op
+                ]
                 lat = latency_of(tally, rate, _seconds(rate, tally))
                 self.say(
                     f"  {size.name}/{op}: {thr.per_s:g}/s; at {rate:g}/s p99 {lat.p99_ms:.2f} ms"
@@ -336,7 +363,9 @@ class _Session:
             note = f"left out of the mix (no sustained rate on its own): {', '.join(left_out)}"
             total = Throughput(total.per_s, total.lo_per_s, total.hi_per_s, total.steps, note)
         ops: list[OpBaseline] = []
-        measured = await self.measure(driver, shares, total.per_s, usage) if total.per_s > 0 else {}
+        measured: dict[str, tuple[Tally, float]] = {}
+        if total.per_s > 0 or self.given_rates("mixed", list(shares)):
+            measured = await self.measure(driver, shares, total.per_s, usage, "mixed")
         for op, share in shares.items():
             thr = Throughput(
                 total.per_s * share,
@@ -379,9 +408,18 @@ def _settings(plan: BaselinePlan) -> Settings:
 
 
 async def take_baseline(
-    plan: BaselinePlan, choice: TargetChoice, *, err: TextIO = sys.stderr
+    plan: BaselinePlan,
+    choice: TargetChoice,
+    *,
+    err: TextIO = sys.stderr,
+    rates_from: Baseline | None = None,
 ) -> Baseline:
-    """Measure every workload of ``plan`` against the chosen target."""
+    """Measure every workload of ``plan`` against the chosen target.
+
+    ``rates_from``: take each latency at the rate an earlier baseline took it (a CI
+    gate compares like with like: P99 at the committed baseline's load), not at a
+    share of this run's own throughput, which is itself a noisy figure.
+    """
     machine = read_machine(Path.cwd())
     created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     async with _target(choice, plan) as target:
@@ -389,7 +427,7 @@ async def take_baseline(
         client = EngramClient(target.url, clock=SystemClock(), timeout_s=timeout)
         try:
             await _wait_alive(client, target.url, plan.setup_timeout_s)
-            session = _Session(plan, client, target.pid, err)
+            session = _Session(plan, client, target.pid, err, rates_from)
             workloads = [await session.size(s) for s in plan.sizes]
             mixed = await session.mixed()
             if mixed is not None:

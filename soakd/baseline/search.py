@@ -7,7 +7,8 @@ its backlog, still in flight at the close, does not count), nothing was dropped 
 in-flight cap, nothing failed, and the P99 (from the intended send time) is
 under the ceiling. Doubling from ``start_rate`` finds a failing rate (or
 ``max_rate``); halving finds a passing one when the start already fails; then
-geometric bisection narrows [pass, fail) until fail / pass < 1 + resolution.
+geometric bisection narrows [pass, fail) until fail / pass < 1 + resolution,
+and the rate found is tried once more (a lucky pass falls back one step).
 The figure is the highest rate that passed; the failing one above it is kept as
 the bracket's top, so a comparison knows how far apart two searches may
 honestly be. A closed loop (N requests in flight, as fast as answers come) has
@@ -113,4 +114,14 @@ async def search(
             lo = mid
         else:
             hi = mid
+    # A step just under the limit passes or fails by luck (one draw of a noisy
+    # machine): the figure must pass a second time, else the next rate down stands.
+    if not await run(lo):
+        hi = lo
+        lower = [s.rate_per_s for s in steps if s.passed and s.rate_per_s < lo]
+        if not lower:
+            return Throughput(
+                0.0, 0.0, hi, tuple(steps), note=f"no rate passed twice: {steps[-1].why}"
+            )
+        lo = max(lower)
     return Throughput(lo, lo, hi, tuple(steps))

@@ -16,8 +16,14 @@ from soakd.baseline.compare import Verdict, judge_p99, judge_throughput, parse_t
 from soakd.baseline.model import Latency, Step, Throughput, from_doc, from_json, to_json
 from soakd.baseline.plan import PlanError, plan_from_doc
 from soakd.baseline.search import search
+from soakd.baseline.soakfile import read_p99_file
 from soakd.cli import main
-from soakd.testing import soakd_command
+from soakd.daemon import Daemon, RunOptions
+from soakd.errors import SpecError
+from soakd.model import Op
+from soakd.spec import load_spec_text
+from soakd.spec.model import AlertKind
+from soakd.testing import free_port, soak_spec, soakd_command
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT.parent.parent / "shared/seed/000_d1853a7a72d84f66.txt"
@@ -189,7 +195,9 @@ def _latency(p99: float, lo: float, hi: float, n: int = 5000) -> Latency:
 
 def _doc(tmp_path: Path) -> dict[str, Any]:
     """A small real baseline document: the one checked into the tests' data."""
-    return json.loads((ROOT / "tests/data/baseline_small.json").read_text())
+    doc = json.loads((ROOT / "tests/data/baseline_small.json").read_text())
+    assert isinstance(doc, dict)
+    return doc
 
 
 def _write(tmp_path: Path, name: str, doc: dict[str, Any]) -> str:
@@ -362,3 +370,53 @@ def test_plan_spec_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFix
     assert "latency_share: expected a number in [0.01, 1.0], got 2" in capsys.readouterr().err
     assert main(["baseline", "--scale", "0"]) == 2
     assert "--scale must be in (0, 1000]" in capsys.readouterr().err
+
+
+# -- item 4: the soak's performance_degradation baseline from a baseline.json ---------------
+
+
+def _soak_with_baseline(path: str) -> str:
+    rule = f'{{name: p99_up, phrase: "P99 latency increases >20%", baseline_file: "{path}"}}'
+    return soak_spec(free_port(), alerts=[rule, 'crash: "any crash"'])
+
+
+def test_soak_reads_p99_per_operation_from_a_baseline_json(tmp_path: Path) -> None:
+    """P99 per operation from the mixed workload first, else the size with the most spaces."""
+    data = ROOT / "tests/data/baseline_small.json"
+    doc = json.loads(data.read_text())
+    size = doc["workloads"][0]
+    mixed = copy.deepcopy(size)
+    mixed.update(name="mixed", kind="mixed", shares=[["store", 0.8], ["recall", 0.2]])
+    mixed["ops"] = [o for o in mixed["ops"] if o["op"] in ("store", "recall")]
+    mixed["ops"][0]["latency"].update(p99_ms=1.5, p99_lo_ms=1.0, p99_hi_ms=2.0)
+    doc["workloads"].append(mixed)
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(doc))
+    text = _soak_with_baseline(str(path))
+    spec = load_spec_text(text, "<test>")
+    rule = next(r for r in spec.alerts if r.name == "p99_up")
+    assert rule.kind is AlertKind.PERFORMANCE_DEGRADATION and rule.baseline_file == str(path)
+    daemon = Daemon(RunOptions(spec, text, tmp_path / "state"))
+    got = daemon._file_baseline_p99()
+    sizes = {o["op"]: o["latency"]["p99_ms"] for o in size["ops"]}
+    assert got == {
+        Op.STORE: 1.5,  # from the mix
+        Op.RECALL: mixed["ops"][1]["latency"]["p99_ms"],  # from the mix
+        Op.SPREAD: sizes["spread"],  # not in the mix: from the size workload
+    }
+    plain = tmp_path / "plain.json"
+    plain.write_text('{"baseline_p99_ms": {"store": 8.1, "recall": 15.2}}')
+    assert read_p99_file(plain) == {"store": 8.1, "recall": 15.2}
+
+
+def test_a_bad_baseline_file_is_a_spec_error_with_its_yaml_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "soakd-baseline", "version": 1}')
+    with pytest.raises(SpecError) as info:
+        load_spec_text(_soak_with_baseline(str(bad)), "<test>")
+    problem = info.value.problems[0]
+    assert problem.path == "alerts[0].baseline_file"
+    assert problem.line is not None
+    assert "created_at: missing" in problem.message
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec_text(_soak_with_baseline(str(tmp_path / "none.json")), "<test>")

@@ -81,6 +81,9 @@ class AlertRuleSpec:
     abs_mb_per_h: float | None = None  # memory_leak: the absolute form (Engram's 10 MB/h)
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
+    # performance_degradation: P99 per operation from a file (a soakd baseline.json or
+    # {"baseline_p99_ms": {...}}) instead of the run's own first stretch.
+    baseline_file: str | None = None
 
 
 class ReceiverType(enum.StrEnum):

@@ -125,6 +125,7 @@ class LoadStats:
 class Workload:
     name: str
     kind: WorkloadKind
+    dataset: str  # the size whose dataset it ran on (a size: its own name)
     memories: int  # the dataset size asked for (after --scale)
     spaces: tuple[str, ...]
     shares: tuple[tuple[str, float], ...]  # MIXED: (op, share); SIZE: empty
@@ -385,6 +386,7 @@ def _workload(r: _Reader) -> Workload:
     return Workload(
         name=r.str_("name"),
         kind=kind,
+        dataset=r.str_("dataset"),
         memories=r.int_("memories"),
         spaces=tuple(spaces),
         shares=tuple(shares),

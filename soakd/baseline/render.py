@@ -40,7 +40,7 @@ def workload_title(w: Workload) -> str:
     if w.kind is WorkloadKind.MIXED:
         names = "/".join(op for op, _ in w.shares)
         pct = "/".join(f"{round(100 * s)}" for _, s in w.shares)
-        return f"mixed {names} {pct} ({_dataset(w)})"
+        return f"mixed {names} {pct} on {w.dataset} ({_dataset(w)})"
     return f"{w.name} ({_dataset(w)})"
 
 

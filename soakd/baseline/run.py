@@ -340,7 +340,7 @@ class _Session:
             ops.append(OpBaseline(op, thr, lat))
         after = (await held(self.client, spaces, self.plan.setup_timeout_s)).total
         return Workload(
-            size.name, WorkloadKind.SIZE, size.memories, spaces, (), stats,
+            size.name, WorkloadKind.SIZE, size.name, size.memories, spaces, (), stats,
             tuple(ops), None, usage.resources(), after,
         )  # fmt: skip
 
@@ -381,7 +381,7 @@ class _Session:
             ops.append(OpBaseline(op, thr, lat))
         after = (await held(self.client, spaces, self.plan.setup_timeout_s)).total
         return Workload(
-            "mixed", WorkloadKind.MIXED, size.memories, spaces,
+            "mixed", WorkloadKind.MIXED, size.name, size.memories, spaces,
             tuple((op, round(s, 6)) for op, s in shares.items()), stats,
             tuple(ops), total, usage.resources(), after,
         )  # fmt: skip

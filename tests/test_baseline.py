@@ -21,6 +21,7 @@ from soakd.cli import main
 from soakd.daemon import Daemon, RunOptions
 from soakd.errors import SpecError
 from soakd.model import Op
+from soakd.reference.harness import reference
 from soakd.spec import load_spec_text
 from soakd.spec.model import AlertKind
 from soakd.testing import free_port, soak_spec, soakd_command
@@ -420,3 +421,42 @@ def test_a_bad_baseline_file_is_a_spec_error_with_its_yaml_path(tmp_path: Path) 
     assert "created_at: missing" in problem.message
     with pytest.raises(SpecError, match="cannot read"):
         load_spec_text(_soak_with_baseline(str(tmp_path / "none.json")), "<test>")
+
+
+# -- an attached target: resumable load, its process found by port ---------------------------
+
+TINY = """\
+baseline:
+  sizes: [{name: tiny, memories: 300, spaces: 2}]
+  mixed: null
+  operations: [recall]
+  step_seconds: 0.3
+  resolution: 1.0
+  start_rate: 200
+  latency_min_seconds: 0.2
+  latency_min_requests: 400
+"""
+
+
+@pytest.mark.slow
+def test_attached_target_second_run_does_not_reload(tmp_path: Path) -> None:
+    """--target-url: the target's PID is found by its port (RSS, CPU); a second run finds
+    the dataset there (per-space counts) and stores nothing to load it."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    with reference("--seed", "3") as ref:
+        loads = []
+        for run in ("first", "second"):
+            out = tmp_path / run
+            done = _soakd("baseline", str(spec), "--target-url", ref.url, "--out", str(out))
+            assert done.returncode == 0, done.stderr[-3000:]
+            b = from_json((out / "baseline.json").read_text())
+            assert b.target == "attached" and b.target_url == ref.url
+            w = b.workloads[0]
+            assert w.spaces == ("bl_tiny_01", "bl_tiny_02")
+            assert w.resources.pid == ref.pid and w.resources.rss_bytes
+            loads.append(w.load)
+        assert (loads[0].memories_before, loads[0].stored) == (0, 300)
+        assert loads[1].stored == 0
+        assert loads[1].memories_before is not None and loads[1].memories_before >= 300
+        assert "nothing to load" in done.stderr

@@ -13,17 +13,20 @@ from typing import Any
 import pytest
 
 from soakd.baseline.compare import Verdict, judge_p99, judge_throughput, parse_threshold
+from soakd.baseline.measure import STRETCHES, latency_of
 from soakd.baseline.model import Latency, Step, Throughput, from_doc, from_json, to_json
 from soakd.baseline.plan import PlanError, plan_from_doc
+from soakd.baseline.runner import Tally
 from soakd.baseline.search import search
 from soakd.baseline.soakfile import read_p99_file
 from soakd.cli import main
 from soakd.daemon import Daemon, RunOptions
 from soakd.errors import SpecError
-from soakd.model import Op
+from soakd.model import Op, OpResult, Outcome
 from soakd.reference.harness import reference
 from soakd.spec import load_spec_text
 from soakd.spec.model import AlertKind
+from soakd.stats import Histogram
 from soakd.testing import free_port, soak_spec, soakd_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -460,3 +463,21 @@ def test_attached_target_second_run_does_not_reload(tmp_path: Path) -> None:
         assert loads[1].stored == 0
         assert loads[1].memories_before is not None and loads[1].memories_before >= 300
         assert "nothing to load" in done.stderr
+
+
+def test_a_stretch_slower_than_the_rest_widens_the_p99_bounds() -> None:
+    """The order-statistic bounds of a steady run, widened when one stretch ran slower."""
+    steady, bumpy = Tally("recall"), Tally("recall")
+    for t in (steady, bumpy):
+        t.stretches = [Histogram() for _ in range(STRETCHES)]
+        t.stretch_ns = 1_000_000_000
+    for i in range(4000):
+        ms = 1.0 + (i % 100) / 100.0  # 1.00 .. 1.99 ms, the same in every stretch
+        for t, slow in ((steady, 1.0), (bumpy, 3.0 if i >= 3000 else 1.0)):
+            sent = (i // 1000) * 10**9  # stretch i // 1000
+            done = sent + int(ms * slow * 1e6)
+            t.on_result(OpResult(Op.RECALL, "s", sent, sent, done, Outcome.OK))
+    a, b = latency_of(steady, 100.0, 40.0), latency_of(bumpy, 100.0, 40.0)
+    assert len(a.p99_stretches_ms) == STRETCHES == len(b.p99_stretches_ms)
+    assert a.p99_hi_ms < 2.1
+    assert b.p99_hi_ms >= max(b.p99_stretches_ms) > 5.0  # the slow last stretch

@@ -90,9 +90,10 @@ class Latency:
     p95_ms: float
     p99_ms: float
     p999_ms: float
-    p99_lo_ms: float  # the 95 % confidence bounds of the P99 (order statistics)
-    p99_hi_ms: float
+    p99_lo_ms: float  # the 95 % bounds of the P99 (order statistics), widened to take in
+    p99_hi_ms: float  # each stretch's own P99 (soakd.baseline.measure)
     p99_bounded: bool  # enough requests that the upper bound is a real order statistic
+    p99_stretches_ms: tuple[float, ...] = ()  # the P99 of each consecutive stretch of the run
 
 
 @dataclass(frozen=True)
@@ -340,10 +341,18 @@ def _latency(r: _Reader) -> Latency:
         p99_lo_ms=r.num("p99_lo_ms"),
         p99_hi_ms=r.num("p99_hi_ms"),
         p99_bounded=r.bool_("p99_bounded"),
+        p99_stretches_ms=_numbers(r, "p99_stretches_ms"),
     )
     if not lat.p99_lo_ms <= lat.p99_ms <= lat.p99_hi_ms:
         raise BaselineFormatError(r.at("p99_ms"), "not within [p99_lo_ms, p99_hi_ms]")
     return lat
+
+
+def _numbers(r: _Reader, key: str) -> tuple[float, ...]:
+    values = r.list_(key)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise BaselineFormatError(r.at(key), "expected a list of numbers")
+    return tuple(float(v) for v in values)
 
 
 def _op(r: _Reader) -> OpBaseline:

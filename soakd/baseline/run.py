@@ -29,7 +29,7 @@ import psutil
 
 from soakd.baseline.load import held, load_dataset
 from soakd.baseline.machine import read_machine
-from soakd.baseline.measure import latency_of, window_seconds
+from soakd.baseline.measure import STRETCHES, latency_of, window_seconds
 from soakd.baseline.model import (
     SCHEMA,
     VERSION,
@@ -257,13 +257,16 @@ class _Session:
             measuring.confirm_stored(spaces[k % n], dataset.memory_id(k))
         return Driver(self.client, measuring, 0), spaces, stats
 
-    async def window(self, driver: Driver, rates: dict[str, float], seconds: float) -> list[Tally]:
+    async def window(
+        self, driver: Driver, rates: dict[str, float], seconds: float, stretches: int = 0
+    ) -> list[Tally]:
         tallies = await driver.window(
             rates,
             seconds,
             clock=self.clock,
             max_in_flight=self.plan.max_in_flight,
             drain_s=self.drain_s,
+            stretches=stretches,
         )
         await asyncio.sleep(_SETTLE_S)
         return list(tallies.values())
@@ -316,7 +319,7 @@ class _Session:
         slowest = min(rates.values())
         seconds = window_seconds(slowest, p.latency_min_seconds, p.latency_min_requests)
         async with usage.measuring():
-            tallies = await self.window(driver, rates, seconds)
+            tallies = await self.window(driver, rates, seconds, STRETCHES)
         return {t.op: (t, rates[t.op]) for t in tallies}
 
     async def size(self, size: SizePlan) -> Workload:

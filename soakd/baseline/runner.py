@@ -36,6 +36,11 @@ class Tally:
     ok: int = 0
     ok_in_window: int = 0  # answered OK before the window closed: what it sustained
     until_ns: int = 0
+    # Latency runs: one histogram per stretch of the window (by intended send time), so a
+    # machine whose load changed during the run shows it (soakd.baseline.measure).
+    start_ns: int = 0
+    stretch_ns: int = 0
+    stretches: list[Histogram] = field(default_factory=list)
     dropped: int = 0
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     hist: Histogram = field(default_factory=Histogram)
@@ -52,6 +57,9 @@ class Tally:
             self.ok += 1
             if r.done_ns <= self.until_ns:
                 self.ok_in_window += 1
+            if self.stretches:
+                i = (r.intended_ns - self.start_ns) // self.stretch_ns
+                self.stretches[min(max(i, 0), len(self.stretches) - 1)].record_ns(r.response_ns)
             self.hist.record_ns(r.response_ns)
         else:
             self.errors[r.error_key] += 1
@@ -93,6 +101,7 @@ class Driver:
         clock: Clock,
         max_in_flight: int,
         drain_s: float,
+        stretches: int = 0,
     ) -> dict[str, Tally]:
         """Run every ``op: rate`` together for ``seconds``; a tally per operation."""
         tallies = {op: Tally(op) for op in rates}
@@ -102,6 +111,10 @@ class Driver:
         for op, rate in rates.items():
             tally, send = tallies[op], self.sender(op)
             tally.until_ns = until_ns
+            if stretches > 0:
+                tally.start_ns = start_ns
+                tally.stretch_ns = max(1, (until_ns - start_ns) // stretches)
+                tally.stretches = [Histogram() for _ in range(stretches)]
 
             def fire(k: int, intended: int, send: SendFn = send, tally: Tally = tally) -> object:
                 return send(k, intended, tally.on_result)

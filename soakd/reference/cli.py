@@ -232,7 +232,7 @@ OPTIONS = (
         "ENGRAM_REF_LATENCY_SCALE",
         _scale,
         "1",
-        "FAULT slowness: each measured operation holds the loop F times as long (1.2: +20 %)",
+        "FAULT slowness: each measured operation holds the loop F times as long (1.2: 1/5 more)",
     ),
 )
 STOCK_ENV = "ENGRAM_REF_STOCK"

@@ -481,3 +481,18 @@ def test_a_stretch_slower_than_the_rest_widens_the_p99_bounds() -> None:
     assert len(a.p99_stretches_ms) == STRETCHES == len(b.p99_stretches_ms)
     assert a.p99_hi_ms < 2.1
     assert b.p99_hi_ms >= max(b.p99_stretches_ms) > 5.0  # the slow last stretch
+
+
+async def test_a_lucky_pass_far_above_resumes_the_search_below_it() -> None:
+    """Capacity 1000/s; 1600/s passes once by luck: the search bisects again under it."""
+    seen: dict[float, int] = {}
+
+    async def trial(rate: float) -> Step:
+        seen[rate] = seen.get(rate, 0) + 1
+        ok = rate <= 1000 or (rate == 1600 and seen[rate] == 1)
+        return Step(rate, 1, 10, 10, 0, 0, rate, 1.0, ok, "ok" if ok else "too fast")
+
+    thr = await search(trial, start_rate=100, max_rate=10_000, resolution=0.1)
+    assert thr.lo_per_s <= 1000 < (thr.hi_per_s or 0)
+    assert (thr.hi_per_s or 0) / thr.lo_per_s <= 1.1
+    assert seen[thr.per_s] >= 1 and seen[1600] == 2

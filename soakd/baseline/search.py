@@ -8,7 +8,7 @@ in-flight cap, nothing failed, and the P99 (from the intended send time) is
 under the ceiling. Doubling from ``start_rate`` finds a failing rate (or
 ``max_rate``); halving finds a passing one when the start already fails; then
 geometric bisection narrows [pass, fail) until fail / pass < 1 + resolution,
-and the rate found is tried once more (a lucky pass falls back one step).
+and the rate found is tried once more (a lucky pass resumes the search below it).
 The figure is the highest rate that passed; the failing one above it is kept as
 the bracket's top, so a comparison knows how far apart two searches may
 honestly be. A closed loop (N requests in flight, as fast as answers come) has
@@ -26,6 +26,9 @@ from soakd.baseline.runner import Tally
 Trial = Callable[[float], Awaitable[Step]]
 #: The search gives up below start_rate / 2**MAX_HALVINGS.
 MAX_HALVINGS = 8
+#: Times the rate found may fail its second try before the search settles for the
+#: next lower rate that passed without a second try.
+CONFIRM_ROUNDS = 2
 
 
 def nice_rate(rate: float) -> float:
@@ -106,17 +109,21 @@ async def search(
             hi = nice_rate(rate)
         if lo is None:
             return Throughput(0.0, 0.0, hi, tuple(steps), note=f"no rate passed: {steps[-1].why}")
-    while hi is not None and hi / lo > 1.0 + resolution:  # bisect
-        mid = nice_rate(math.sqrt(lo * hi))
-        if mid in (lo, hi):
-            break
-        if await run(mid):
-            lo = mid
-        else:
-            hi = mid
     # A step just under the limit passes or fails by luck (one draw of a noisy
-    # machine): the figure must pass a second time, else the next rate down stands.
-    if not await run(lo):
+    # machine): the figure must pass a second time. When it does not, the search
+    # goes on below it (bisecting from the next lower rate that passed), at most
+    # CONFIRM_ROUNDS times.
+    for _ in range(CONFIRM_ROUNDS):
+        while hi is not None and hi / lo > 1.0 + resolution:  # bisect
+            mid = nice_rate(math.sqrt(lo * hi))
+            if mid in (lo, hi):
+                break
+            if await run(mid):
+                lo = mid
+            else:
+                hi = mid
+        if await run(lo):
+            break
         hi = lo
         lower = [s.rate_per_s for s in steps if s.passed and s.rate_per_s < lo]
         if not lower:

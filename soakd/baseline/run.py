@@ -267,6 +267,7 @@ class _Session:
             max_in_flight=self.plan.max_in_flight,
             drain_s=self.drain_s,
             stretches=stretches,
+            grace_s=self.plan.p99_ceiling_ms / 1000.0,
         )
         await asyncio.sleep(_SETTLE_S)
         return list(tallies.values())

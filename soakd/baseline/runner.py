@@ -34,8 +34,8 @@ class Tally:
     op: str
     offered: int = 0
     ok: int = 0
-    ok_in_window: int = 0  # answered OK before the window closed: what it sustained
-    until_ns: int = 0
+    ok_in_window: int = 0  # answered OK by ``until_ns``: what it sustained
+    until_ns: int = 0  # the window's close plus ``grace_s`` (see Driver.window)
     # Latency runs: one histogram per stretch of the window (by intended send time), so a
     # machine whose load changed during the run shows it (soakd.baseline.measure).
     start_ns: int = 0
@@ -102,15 +102,21 @@ class Driver:
         max_in_flight: int,
         drain_s: float,
         stretches: int = 0,
+        grace_s: float = 0.0,
     ) -> dict[str, Tally]:
-        """Run every ``op: rate`` together for ``seconds``; a tally per operation."""
+        """Run every ``op: rate`` together for ``seconds``; a tally per operation.
+
+        An answer counts as sustained when it came by the close plus ``grace_s`` (the
+        search passes its P99 ceiling): the last arrivals of a steady target are still
+        in flight at the close, a falling-behind target's backlog takes longer to clear.
+        """
         tallies = {op: Tally(op) for op in rates}
         entries: list[tuple[Scheduler, int, int]] = []
         start_ns = clock.monotonic_ns() + NS_PER_S // 50  # a moment to get the timeline going
         until_ns = start_ns + int(seconds * NS_PER_S)
         for op, rate in rates.items():
             tally, send = tallies[op], self.sender(op)
-            tally.until_ns = until_ns
+            tally.until_ns = until_ns + int(grace_s * NS_PER_S)
             if stretches > 0:
                 tally.start_ns = start_ns
                 tally.stretch_ns = max(1, (until_ns - start_ns) // stretches)

@@ -3,9 +3,9 @@
 A step at rate R passes when, over ``step_seconds``: the OK answers received by
 the window's close plus the P99 ceiling are at least ``min_achieved`` (99 %) of
 the arrivals offered in it (a target that falls behind answers fewer than it was
-sent, and a backlog that takes longer than the ceiling to clear does not count), nothing was dropped at the
-in-flight cap, nothing failed, and the P99 (from the intended send time) is
-under the ceiling. Doubling from ``start_rate`` finds a failing rate (or
+sent, and a backlog that takes longer than the ceiling to clear does not count),
+nothing was dropped at the in-flight cap, nothing failed, and the P99 (from the
+intended send time) is under the ceiling. Doubling from ``start_rate`` finds a failing rate (or
 ``max_rate``); halving finds a passing one when the start already fails; then
 geometric bisection narrows [pass, fail) until fail / pass < 1 + resolution,
 and the rate found is tried once more (a lucky pass resumes the search below it).

@@ -159,11 +159,11 @@ baseline:
   sizes: [{name: small, memories: 500, spaces: 1}]
   mixed: null
   operations: [recall, spread]
-  step_seconds: 0.5
-  resolution: 0.5
-  start_rate: 100
+  step_seconds: 1
+  resolution: 0.1
+  start_rate: 200
   latency_min_seconds: 1
-  latency_min_requests: 3000
+  latency_min_requests: 2000
 """
 
 

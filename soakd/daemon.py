@@ -31,6 +31,7 @@ import structlog
 
 from soakd.alerting import Dispatcher
 from soakd.alerting.receivers import SecretError, resolve_secret
+from soakd.baseline.soakfile import read_p99_file
 from soakd.clock import SystemClock
 from soakd.consolidation import ConsolidationWatcher
 from soakd.diskwatch import DiskWatch
@@ -719,6 +720,22 @@ class Daemon:
             newer.integrity_pending = batch.integrity_pending
         newer.counters = {**batch.counters, **newer.counters}
 
+    def _file_baseline_p99(self) -> dict[Op, float]:
+        """P99 per operation from the first performance_degradation rule's baseline_file."""
+        cached: dict[Op, float] | None = getattr(self, "_baseline_p99_cache", None)
+        if cached is None:
+            cached = {}
+            path = next((r.baseline_file for r in self.spec.alerts if r.baseline_file), None)
+            if path is not None:
+                # Read when the spec was validated; a file gone since is a start-up failure.
+                try:
+                    figures = read_p99_file(path)
+                except ValueError as exc:
+                    raise StartupError(f"alerts: baseline_file: {exc}") from None
+                cached = {Op(op): ms for op, ms in figures.items()}
+            self._baseline_p99_cache = cached
+        return cached
+
     async def _evaluate(self) -> None:
         await self._flush()  # rules read the store: give them the newest data
         c = self.spec.consolidation
@@ -730,6 +747,7 @@ class Daemon:
             tolerance_s=c.tolerance_s if c else 5.0,
             integrity_lost=self.integrity.lost,
             integrity_corrupted=self.integrity.corrupted,
+            baseline_p99_ms=self._file_baseline_p99(),
             rules=self.spec.alerts,
         )
         # Judging and committing run as a task of their own, shielded: the rules

@@ -69,10 +69,12 @@ class Api:
         if status is not None:
             response = injected_error(status)
         else:
+            worked = time.perf_counter()
             try:
                 response = await work()
             except Rejection as rej:
                 response = rej.response
+            self.faults.slow_down(time.perf_counter() - worked)
         elapsed = time.perf_counter() - started
         self.metrics.observe(_SERIES[op], elapsed)
         if response.status >= 400:

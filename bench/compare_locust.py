@@ -4,7 +4,7 @@ Issue 8 items 1 and 2. Starts nginx (Debian) serving a tiny static JSON on 127.0
 (the reference server would be the bottleneck at these rates), then for each rate runs,
 one after the other, each in its own process:
 
-- soakd: Scheduler -> EngramClient.exchange -> StatsHub.on_result + Exporter.on_result
+- soakd: Sender -> EngramClient.exchange -> StatsHub.on_result + Exporter.on_result
   under uvloop (``bench/common.py soakd-fixed``);
 - Locust 2.x as a library: FastHttpUser with ``constant_throughput(rate / users)``
   (``bench/locustfile.py fixed``). Locust is closed-loop per user: one user cannot

@@ -1,7 +1,7 @@
-"""Scheduler accuracy benchmark: how fast can soakd hold a fixed rate on one core?
+"""Sender accuracy benchmark: how fast can soakd hold a fixed rate on one core?
 
 Starts bench/fixed_rate_server.py in a separate process (so client and server do
-not share the client's core), then, with uvloop, drives soakd's Scheduler + an
+not share the client's core), then, with uvloop, drives soakd's Sender + an
 soakd's HTTP driver (``EngramClient.exchange``, or ``--client aiohttp`` for an aiohttp
 ClientSession GET, the driver soakd used before) + StatsHub.on_result (the daemon's hot path) at
 each rate for ``--duration`` seconds and prints per rate: achieved/target, error
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from soakd.clock import SystemClock
 from soakd.engram import EngramClient
 from soakd.model import Op, OpResult, Outcome
-from soakd.scheduler import NS_PER_S, Scheduler
+from soakd.scheduler import NS_PER_S, Sender
 from soakd.stats import StatsHub
 
 HELD_WITHIN = 0.005
@@ -151,7 +151,7 @@ async def run_rate(
         last_done = done
         hub.on_result(OpResult(Op.RECALL, "bench", intended_ns, sent, done, outcome, status))
 
-    sched = Scheduler(
+    sched = Sender(
         f"bench-{rate}",
         rate,
         clock=clock,

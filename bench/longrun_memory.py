@@ -2,7 +2,7 @@
 
 Issue 8 item 4 and issue 4's acceptance figures. Three modes:
 
-``soakd`` (default): drives soakd's hot path — Scheduler -> fire -> StatsHub.on_result +
+``soakd`` (default): drives soakd's hot path — Sender -> fire -> StatsHub.on_result +
   Exporter.on_result, with ``StatsHub.roll()`` every ``--roll-every`` operations as the
   daemon's 10 s roll does (the interval records are dropped, as the daemon hands them to
   the store) — for ``--count`` operations as fast as the machine goes, and prints soakd's
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import load_avg, machine_header, mib, nginx, rss_bytes, stop_process
 from soakd.clock import SystemClock
 from soakd.model import ConsolidationRun, Event, Op, OpResult, Outcome, RunInfo, Sample
-from soakd.scheduler import Scheduler, arrival_offset_ns
+from soakd.scheduler import Sender, arrival_offset_ns
 from soakd.stats import Histogram, StatsHub
 from soakd.store import DB_NAME, Batch, RunStore
 
@@ -88,7 +88,7 @@ async def soakd_run(a: argparse.Namespace) -> None:
     rate = 1_000_000 if synthetic else a.rate  # synthetic: every arrival is already due
     if not synthetic:
         client = EngramClient(base, clock=clock, max_connections=1000)
-    sched = Scheduler(
+    sched = Sender(
         "longrun", rate, clock=clock, fire=fire_synthetic if synthetic else fire_network,
         # Synthetic requests finish on their first step, but only once the loop runs
         # them: a burst of 512 must never hit the cap (every operation is recorded).

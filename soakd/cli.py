@@ -24,6 +24,7 @@ import uvloop
 
 from soakd import __version__
 from soakd.alerting import Dispatcher, format_test_results
+from soakd.baseline import cli as baseline_cli
 from soakd.clock import SystemClock
 from soakd.daemon import Daemon, RunOptions
 from soakd.errors import ExitCode, SoakdError, SpecError, UsageError
@@ -80,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     asub = a.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
     at = asub.add_parser("test", help="send a test alert to every receiver of SPEC")
     at.add_argument("spec", type=Path)
+
+    baseline_cli.add_parsers(sub)
 
     sub.add_parser(
         "reference-server",
@@ -266,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
             return cmd_status(args)
         if args.command == "alerts":
             return cmd_alerts_test(args)
+        if args.command == "baseline":
+            return baseline_cli.cmd_baseline(args)
+        if args.command == "compare":
+            return baseline_cli.cmd_compare(args)
     except SpecError as exc:
         print(f"soakd: {exc}", file=sys.stderr)
         return exc.exit_code

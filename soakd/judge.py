@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from soakd.alerting import Dispatcher
-from soakd.model import Alert, AlertState, AlertTransition, Clock
+from soakd.baseline.soakfile import read_p99_file
+from soakd.errors import StartupError
+from soakd.model import Alert, AlertState, AlertTransition, Clock, Op
 from soakd.rules import AlertEngine, RuleInputs, gather_inputs
 from soakd.spec.model import Spec
 from soakd.store import RunStore, write_alerts
@@ -47,12 +49,26 @@ def bounded_uncommitted(transitions: list[AlertTransition]) -> list[AlertTransit
     return kept[len(kept) - MAX_UNCOMMITTED_ALERTS :]
 
 
+def file_baseline_p99(spec: Spec) -> dict[Op, float]:
+    """P99 per operation from the first performance_degradation rule's baseline_file."""
+    path = next((r.baseline_file for r in spec.alerts if r.baseline_file), None)
+    if path is None:
+        return {}
+    # Read when the spec was validated; a file gone since is a start-up failure.
+    try:
+        figures = read_p99_file(path)
+    except ValueError as exc:
+        raise StartupError(f"alerts: baseline_file: {exc}") from None
+    return {Op(op): ms for op, ms in figures.items()}
+
+
 class Judge:
     """Evaluates the rules against the run store and commits their transitions.
 
     ``flush`` gives the rules the newest data first; ``integrity`` is the
     checker's (lost, corrupted) totals; ``on_alerts`` receives the current
-    alerts after every evaluation (the exporter).
+    alerts after every evaluation (the exporter); ``baseline_p99_ms`` is what
+    a baseline file says (``file_baseline_p99``), read once at construction.
     """
 
     def __init__(
@@ -66,6 +82,7 @@ class Judge:
         flush: Callable[[], Awaitable[bool]],
         integrity: Callable[[], tuple[int, int]],
         on_alerts: Callable[[Sequence[Alert]], None],
+        baseline_p99_ms: dict[Op, float] | None = None,
     ) -> None:
         self._spec = spec
         self._store = store
@@ -75,6 +92,7 @@ class Judge:
         self._flush = flush
         self._integrity = integrity
         self._on_alerts = on_alerts
+        self._baseline_p99_ms = baseline_p99_ms or {}
         self.alerts: list[Alert] = engine.current()
         # Transitions whose commit failed: kept, in order, and committed before any newer one.
         self._uncommitted: list[AlertTransition] = []
@@ -94,6 +112,7 @@ class Judge:
             tolerance_s=c.tolerance_s if c else 5.0,
             integrity_lost=lost,
             integrity_corrupted=corrupted,
+            baseline_p99_ms=self._baseline_p99_ms,
             rules=self._spec.alerts,
         )
         # Judging and committing run as a task of their own, shielded: the rules

@@ -36,7 +36,7 @@ from soakd.exporter import Exporter
 from soakd.flusher import Flusher
 from soakd.housekeeping import Housekeeping, every
 from soakd.integrity import IntegrityChecker
-from soakd.judge import Judge
+from soakd.judge import Judge, file_baseline_p99
 from soakd.model import Clock, ConsolidationRun, Event, EventKind, Op, Sample
 from soakd.process import ProcessId, PsutilTable
 from soakd.progress import build_status
@@ -230,6 +230,7 @@ class Run:
             flush=self.flusher.flush,
             integrity=lambda: (self.integrity.lost, self.integrity.corrupted),
             on_alerts=exporter.set_alerts,
+            baseline_p99_ms=file_baseline_p99(spec),
         )
         self.housekeeping = Housekeeping(
             spec,

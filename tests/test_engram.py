@@ -610,3 +610,19 @@ async def test_dropped_get_on_a_kept_alive_connection_is_not_retried() -> None:
     assert first.outcome is Outcome.OK
     assert second.outcome is Outcome.CONNECTION
     assert requests == [0, 1]  # no third request: nothing was re-sent
+
+
+async def test_counts_are_read_while_the_reference_reports_itself_unhealthy() -> None:
+    """Engram answers /api/v1/system/health 503 with its whole report under load: the
+    memory counts in it are still read (the leak rule needs them most then)."""
+    w = Workload(13, "unhealthy", space_names(1), RecallOptions(), SpreadOptions())
+    with reference("--unhealthy-after", "0.001") as sick:
+        async with EngramClient(sick.url, clock=SystemClock()) as client:
+            assert await client.create_space("space_01") == 201
+            for k in range(3):
+                r = await client.store(w.store(k), 0)
+                assert r.outcome is Outcome.OK
+            health = await client.exchange("GET", "/health", timeout_s=5.0)
+            assert health.status == 503
+            assert json.loads(health.body or b"{}")["status"] == "unhealthy"
+            assert await client.memory_counts() == {"default": 0, "space_01": 3}

@@ -10,6 +10,7 @@ ones stay soakd's (soakd_saturated).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from soakd.model import IntervalRecord, Op, Sample
 from soakd.rules import RuleInputs, evaluate_rule, leak_fit
@@ -250,3 +251,16 @@ def test_late_arrivals_stay_soakds() -> None:
     assert evaluate_rule(saturated, now)[0].active
     rule = AlertRuleSpec("target_overloaded", AlertKind.TARGET_OVERLOADED, 0.01)
     assert not any(r.active for r in evaluate_rule(rule, now))
+
+
+def test_a_count_that_stops_being_read_is_not_a_flat_count() -> None:
+    """Seen against the real Engram: its system/health poll failed under load, so the
+    last minute had no memory count; that minute is not "the dataset stopped growing"."""
+    known_until = 3000.0
+    data = [
+        s if s.t - T0 <= known_until else replace(s, memories=None)
+        for s in growing_data(2 * MEMORY_COST_BYTES)
+    ]
+    r = evaluate_rule(LEAK, inputs(3600, planned_s=3600, samples=data))[0]
+    assert r.detail["judged"] == "follows_data", r.detail
+    assert not r.active

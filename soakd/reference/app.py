@@ -69,10 +69,12 @@ class Api:
         if status is not None:
             response = injected_error(status)
         else:
+            worked = time.perf_counter()
             try:
                 response = await work()
             except Rejection as rej:
                 response = rej.response
+            self.faults.slow_down(time.perf_counter() - worked)
         elapsed = time.perf_counter() - started
         self.metrics.observe(_SERIES[op], elapsed)
         if response.status >= 400:
@@ -295,18 +297,28 @@ class Api:
         """GET /health/alive: 200, empty body."""
         return web.Response(status=200)
 
+    def _self_report(self) -> tuple[str, int]:
+        """(status word, HTTP status) of the server's own health, as Engram words it."""
+        after = self.config.faults.unhealthy_after_s
+        if after > 0 and time.time() - self.started_wall >= after:
+            return "unhealthy", 503
+        return "healthy", 200
+
     async def health(self, request: web.Request) -> web.Response:
-        """GET /health."""
+        """GET /health (503 with the same body while unhealthy, as Engram)."""
+        word, status = self._self_report()
         return web.json_response(
             {
-                "status": "healthy",
+                "status": word,
                 "checks": [
                     {"name": "memory_store", "type": "memory", "status": "healthy"},
                     {"name": "consolidation", "type": "cognitive", "status": "healthy"},
+                    {"name": "spreading", "type": "spreading", "status": word},
                 ],
                 "memory_spaces": len(self.spaces),
                 "uptime_seconds": round(time.time() - self.started_wall, 3),
-            }
+            },
+            status=status,
         )
 
     async def system_health(self, request: web.Request) -> web.Response:
@@ -321,7 +333,8 @@ class Api:
             }
             for s in self.spaces
         ]
-        return web.json_response({"status": "healthy", "spaces": spaces})
+        word, status = self._self_report()
+        return web.json_response({"status": word, "spaces": spaces}, status=status)
 
     def gauges(self) -> dict[str, float]:
         """Current values shown beside the windows."""

@@ -89,6 +89,13 @@ def _drifts(text: str) -> dict[str, float]:
     return out
 
 
+def _scale(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 100.0:
+        raise ValueError(f"{text} must be in [1, 100]")
+    return value
+
+
 OPTIONS = (
     Opt("--host", "ENGRAM_HTTP_BIND", str, "127.0.0.1", "address to bind"),
     Opt("--port", None, int, "7432", "HTTP port (0: ephemeral; busy: tries the next 100)"),
@@ -258,6 +265,21 @@ OPTIONS = (
         "0",
         "read each mapping through over this long instead of at once (RssFile keeps growing)",
     ),
+    Opt(
+        "--unhealthy-after",
+        "ENGRAM_REF_UNHEALTHY_AFTER",
+        parse_duration_s,
+        "0",
+        "FAULT self-report: from this long after start, /health and /api/v1/system/health "
+        "answer 503 'unhealthy' with their whole body (Engram under load; 0: never)",
+    ),
+    Opt(
+        "--latency-scale",
+        "ENGRAM_REF_LATENCY_SCALE",
+        _scale,
+        "1",
+        "FAULT slowness: each measured operation holds the loop F times as long (1.2: 1/5 more)",
+    ),
 )
 STOCK_ENV = "ENGRAM_REF_STOCK"
 
@@ -328,6 +350,8 @@ def _config(v: dict[str, Any], stock: bool) -> ServerConfig:
         space_create_parallel=v["space_create_parallel"],
         file_map_bytes=v["file_map_size"],
         file_map_fill_s=v["file_map_fill_time"],
+        unhealthy_after_s=v["unhealthy_after"],
+        latency_scale=v["latency_scale"],
     )
     consolidation = ConsolidationConfig(
         interval_s=max(0.01, v["consolidation_interval"]),

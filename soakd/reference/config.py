@@ -99,6 +99,12 @@ class FaultConfig:
     # A sparse file of this size mapped and read through per space (RssFile, not RssAnon).
     file_map_bytes: int = 0
     file_map_fill_s: float = 0.0  # read the mapping through over this long (0: at once)
+    # Engram's health endpoints answer 503 with their whole report while its spreading
+    # probe is over budget (three slow probes in a row, i.e. under load); 0: never.
+    unhealthy_after_s: float = 0.0
+    # Every measured operation's own work is stretched to this many times its length by
+    # spinning the loop: a uniformly slower build (tests of the baseline regression gate).
+    latency_scale: float = 1.0
 
     def op(self, name: str) -> OpFaults:
         """Faults of one operation (none if not configured)."""

@@ -61,6 +61,19 @@ class Faults:
             return faults.error_status
         return None
 
+    def slow_down(self, worked_s: float) -> None:
+        """Spin for ``(latency_scale - 1) * worked_s``: the work cost that much more CPU.
+
+        A busy wait, not a sleep: a slower build holds the loop (and a core) longer, so
+        throughput falls with it, as it would for real.
+        """
+        extra = (self.config.latency_scale - 1.0) * worked_s
+        if extra <= 0:
+            return
+        until = time.perf_counter() + extra
+        while time.perf_counter() < until:
+            pass
+
     def leak(self) -> None:
         """Retain ``leak_bytes_per_store`` bytes, written so the pages are resident."""
         size = self.config.leak_bytes_per_store

@@ -213,14 +213,20 @@ def leak_fit(
     )
     per_mem = pts[-1][1] / mem_last if pts and mem_last else None
     marginal = None
-    if growing and len(pts) >= 2:
-        marginal = (pts[-1][1] - pts[0][1]) / (mems[-1][1] - mems[0][1])
+    # Memory per stored memory over the stretch where the count is known: memory read
+    # after the last count (a poll failing under load) has no count to be divided by.
+    known = [p for p in pts if mems and mems[0][0] <= p[0] <= mems[-1][0]]
+    if growing and len(known) >= 2:
+        marginal = (known[-1][1] - known[0][1]) / (mems[-1][1] - mems[0][1])
     flat_since: float | None = None
     after_pct: float | None = None
     after_mb: float | None = None
     judged = _Judged("rss", pts, baseline)
     if growing:
-        flat_pts = [p for p in pts if p[0] >= mems[_flat_start(mems)][0]]
+        # Flat only while the count is known: after the last count read (the poll failing
+        # under load), the data may still be growing.
+        flat_from, flat_to = mems[_flat_start(mems)][0], mems[-1][0]
+        flat_pts = [p for p in pts if flat_from <= p[0] <= flat_to]
         long_enough = (
             len(flat_pts) >= MIN_FIT_POINTS and flat_pts[-1][0] - flat_pts[0][0] >= min_span_s
         )

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 import yaml
 
+from soakd.baseline.soakfile import read_p99_file
 from soakd.model import Sample
 from soakd.spec.fields import (
     Ctx,
@@ -59,6 +60,7 @@ _OPTION_KEYS = (
     "labels",
     "annotations",
     "operations",
+    "baseline_file",
 )
 STRUCTURED_KEYS: tuple[str, ...] = ("name", *_OPTION_KEYS)
 ANNOTATION_KEYS: tuple[str, ...] = ("summary", "description", "runbook_url")
@@ -205,8 +207,10 @@ def _options(
         s.choice("memory", base.memory.value, [m.value for m in MemorySeries]) or base.memory.value
     )
     cost = s.read("memory_cost", None, lambda n, p: _bytes(ctx, n, p))
+    baseline_file = _baseline_file(ctx, s, base.kind)
     return dataclasses.replace(
         base,
+        baseline_file=baseline_file,
         for_s=for_s,
         window_s=window_s,
         severity=severity,
@@ -216,6 +220,26 @@ def _options(
         memory=memory,
         memory_cost_bytes=cost if cost else base.memory_cost_bytes,
     )
+
+
+def _baseline_file(ctx: Ctx, s: Section, kind: AlertKind) -> str | None:
+    """``baseline_file:`` of a performance_degradation rule, read now so a bad one is named."""
+    path = s.string("baseline_file", None)
+    if path is None:
+        return None
+    if kind is not AlertKind.PERFORMANCE_DEGRADATION:
+        ctx.add(
+            s.at("baseline_file"),
+            s.node("baseline_file"),
+            "applies to performance_degradation only",
+        )
+        return None
+    try:
+        read_p99_file(path)
+    except ValueError as exc:
+        ctx.add(s.at("baseline_file"), s.node("baseline_file"), str(exc))
+        return None
+    return path
 
 
 def _base_rule(ctx: Ctx, s: Section, name: str, phrase_key: str) -> AlertRuleSpec | None:

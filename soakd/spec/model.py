@@ -126,6 +126,9 @@ class AlertRuleSpec:
     memory_cost_bytes: float | None = None  # memory_leak: what one stored memory costs
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
+    # performance_degradation: P99 per operation from a file (a soakd baseline.json or
+    # {"baseline_p99_ms": {...}}) instead of the run's own first stretch.
+    baseline_file: str | None = None
 
 
 class ReceiverType(enum.StrEnum):

@@ -1,0 +1,134 @@
+"""The highest fixed rate a target sustains: step up, then bisect, on the open-model schedule.
+
+A step at rate R passes when, over ``step_seconds``: the OK answers received by
+the window's close plus the P99 ceiling are at least ``min_achieved`` (99 %) of
+the arrivals offered in it (a target that falls behind answers fewer than it was
+sent, and a backlog that takes longer than the ceiling to clear does not count),
+nothing was dropped at the in-flight cap, nothing failed, and the P99 (from the
+intended send time) is under the ceiling. Doubling from ``start_rate`` finds a failing rate (or
+``max_rate``); halving finds a passing one when the start already fails; then
+geometric bisection narrows [pass, fail) until fail / pass < 1 + resolution,
+and the rate found is tried once more (a lucky pass resumes the search below it).
+The figure is the highest rate that passed; the failing one above it is kept as
+the bracket's top, so a comparison knows how far apart two searches may
+honestly be. A closed loop (N requests in flight, as fast as answers come) has
+no such notion: its rate is whatever the latency allows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+
+from soakd.baseline.model import Step, Throughput
+from soakd.baseline.runner import Tally
+
+Trial = Callable[[float], Awaitable[Step]]
+#: The search gives up below start_rate / 2**MAX_HALVINGS.
+MAX_HALVINGS = 8
+#: Times the rate found may fail its second try before the search settles for the
+#: next lower rate that passed without a second try.
+CONFIRM_ROUNDS = 2
+
+
+def nice_rate(rate: float) -> float:
+    """Three significant figures: rates a reader can repeat."""
+    if rate <= 0:
+        return 0.0
+    digits = 2 - math.floor(math.log10(rate))
+    return round(rate, max(0, digits)) if digits > 0 else float(round(rate, digits))
+
+
+def judge(
+    rate: float,
+    seconds: float,
+    tallies: list[Tally],
+    *,
+    min_achieved: float,
+    p99_ceiling_ms: float,
+) -> Step:
+    """One step's verdict from its operations' tallies (all of them must pass)."""
+    offered = sum(t.offered for t in tallies)
+    ok = sum(t.ok_in_window for t in tallies)
+    errors = sum(t.error_count for t in tallies)
+    dropped = sum(t.dropped for t in tallies)
+    p99s = [t.hist.percentile_ms(99.0) for t in tallies if t.hist.count]
+    p99 = max(p99s) if p99s else None
+    why = "ok"
+    if dropped:
+        why = f"{dropped} arrivals dropped at the in-flight cap (the target fell behind)"
+    elif errors:
+        why = f"{errors} failed: " + "; ".join(t.error_text() for t in tallies if t.errors)
+    elif offered == 0 or ok < min_achieved * offered:
+        share = 100.0 * ok / max(offered, 1)
+        why = f"achieved {share:.1f} % of offered (< {100 * min_achieved:.0f} %)"
+    elif p99 is not None and p99 > p99_ceiling_ms:
+        why = f"p99 {p99:.1f} ms > ceiling {p99_ceiling_ms:g} ms"
+    return Step(
+        rate_per_s=rate,
+        seconds=seconds,
+        offered=offered,
+        ok=ok,
+        errors=errors,
+        dropped=dropped,
+        achieved_per_s=ok / seconds if seconds > 0 else 0.0,
+        p99_ms=p99,
+        passed=why == "ok",
+        why=why,
+    )
+
+
+async def search(
+    trial: Trial, *, start_rate: float, max_rate: float, resolution: float
+) -> Throughput:
+    """The highest rate ``trial`` passes (see the module docstring)."""
+    steps: list[Step] = []
+
+    async def run(rate: float) -> bool:
+        step = await trial(nice_rate(rate))
+        steps.append(step)
+        return step.passed
+
+    lo: float | None = None
+    hi: float | None = None
+    rate = min(start_rate, max_rate)
+    while True:  # step up
+        if not await run(rate):
+            hi = nice_rate(rate)
+            break
+        lo = nice_rate(rate)
+        if rate >= max_rate:
+            break
+        rate = min(rate * 2.0, max_rate)
+    if lo is None:  # the start already fails: step down
+        for _ in range(MAX_HALVINGS):
+            rate /= 2.0
+            if await run(rate):
+                lo = nice_rate(rate)
+                break
+            hi = nice_rate(rate)
+        if lo is None:
+            return Throughput(0.0, 0.0, hi, tuple(steps), note=f"no rate passed: {steps[-1].why}")
+    # A step just under the limit passes or fails by luck (one draw of a noisy
+    # machine): the figure must pass a second time. When it does not, the search
+    # goes on below it (bisecting from the next lower rate that passed), at most
+    # CONFIRM_ROUNDS times.
+    for _ in range(CONFIRM_ROUNDS):
+        while hi is not None and hi / lo > 1.0 + resolution:  # bisect
+            mid = nice_rate(math.sqrt(lo * hi))
+            if mid in (lo, hi):
+                break
+            if await run(mid):
+                lo = mid
+            else:
+                hi = mid
+        if await run(lo):
+            break
+        hi = lo
+        lower = [s.rate_per_s for s in steps if s.passed and s.rate_per_s < lo]
+        if not lower:
+            return Throughput(
+                0.0, 0.0, hi, tuple(steps), note=f"no rate passed twice: {steps[-1].why}"
+            )
+        lo = max(lower)
+    return Throughput(lo, lo, hi, tuple(steps))

@@ -164,32 +164,28 @@ class EngramClient:
         self.last_alive_problem: str | None = None
         self._probes = 0  # health probes in flight: their refusals are "not up yet"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
         # ``sent_ns`` is when the request went onto a connection, not when we
         # asked for one: waiting for a free pooled connection is client-side
         # queueing and belongs to schedule lag, so service time (done - sent)
         # is what a closed-loop client would have seen.
-        self._pool = HttpPool(
-            base_url,
-            clock=clock,
-            default_headers=headers,
-            max_connections=max_connections,
-            max_body_bytes=max_body_bytes,
-            ssl_context=ssl_context,
-            on_error=self._log_once,
-        )
+        def pool(max_conns: int) -> HttpPool:
+            return HttpPool(
+                base_url,
+                clock=clock,
+                default_headers=headers,
+                max_connections=max_conns,
+                max_body_bytes=max_body_bytes,
+                ssl_context=ssl_context,
+                on_error=self._log_once,
+            )
+
+        self._pool = pool(max_connections)
         # Unmeasured calls (set-up, counts, consolidation polls, read-backs) get their own
         # few connections: behind a saturated target the measured pool's queue is tens of
         # seconds long, and a count poll waiting in it timed out for the whole of a real
         # Engram soak (docs/real-engram.md), blinding the leak rule.
-        self._control = HttpPool(
-            base_url,
-            clock=clock,
-            default_headers=headers,
-            max_connections=CONTROL_CONNECTIONS,
-            max_body_bytes=max_body_bytes,
-            ssl_context=ssl_context,
-            on_error=self._log_once,
-        )
+        self._control = pool(CONTROL_CONNECTIONS)
 
     async def __aenter__(self) -> EngramClient:
         return self

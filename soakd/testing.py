@@ -6,6 +6,7 @@ Tests never sleep to wait for a state: they poll for it under a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -54,6 +55,22 @@ async def async_wait_for(
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"timed out after {timeout_s}s waiting for {what or predicate}")
         await asyncio.sleep(interval_s)
+
+
+async def stops_when_cancelled(task: asyncio.Task[None]) -> bool:
+    """Cancel ``task``; whether it ended cancelled within 100 loop steps. If not, it is
+    cancelled again (it is parked now, so this one lands) and awaited, so no test leaks it."""
+    task.cancel()
+    for _ in range(100):
+        if task.done():
+            break
+        await asyncio.sleep(0)
+    if task.done() and task.cancelled():
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 def free_port() -> int:

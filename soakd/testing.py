@@ -17,6 +17,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from soakd.errors import SoakdError
+from soakd.store import RunStore
+
 T = TypeVar("T")
 
 
@@ -71,6 +74,21 @@ async def stops_when_cancelled(task: asyncio.Task[None]) -> bool:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return False
+
+
+def store_figure(state: Path, read: Callable[[RunStore], T], default: T) -> T:
+    """``read`` of the run store in ``state`` (read-only), or ``default`` while there is none
+    yet or it cannot be opened (a soakd still creating it, or just killed)."""
+    if not RunStore.exists(state):
+        return default
+    try:
+        store = RunStore.open(state, readonly=True)
+    except SoakdError:
+        return default
+    try:
+        return read(store)
+    finally:
+        store.close()
 
 
 def free_port() -> int:

@@ -72,6 +72,11 @@ def engram_error_code(body: bytes | None) -> str | None:
     return code if isinstance(code, str) else None
 
 
+#: Connections for unmeasured calls: set-up creates 4 spaces at once (soakd.spaces);
+#: polls and read-backs are a few a second.
+CONTROL_CONNECTIONS = 8
+
+
 def call_problem(method: str, path: str, ex: Exchange, timeout_s: float) -> str | None:
     """What went wrong with an unmeasured call, in words that name it; ``None`` when 2xx.
 
@@ -159,19 +164,28 @@ class EngramClient:
         self.last_alive_problem: str | None = None
         self._probes = 0  # health probes in flight: their refusals are "not up yet"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
         # ``sent_ns`` is when the request went onto a connection, not when we
         # asked for one: waiting for a free pooled connection is client-side
         # queueing and belongs to schedule lag, so service time (done - sent)
         # is what a closed-loop client would have seen.
-        self._pool = HttpPool(
-            base_url,
-            clock=clock,
-            default_headers=headers,
-            max_connections=max_connections,
-            max_body_bytes=max_body_bytes,
-            ssl_context=ssl_context,
-            on_error=self._log_once,
-        )
+        def pool(max_conns: int) -> HttpPool:
+            return HttpPool(
+                base_url,
+                clock=clock,
+                default_headers=headers,
+                max_connections=max_conns,
+                max_body_bytes=max_body_bytes,
+                ssl_context=ssl_context,
+                on_error=self._log_once,
+            )
+
+        self._pool = pool(max_connections)
+        # Unmeasured calls (set-up, counts, consolidation polls, read-backs) get their own
+        # few connections: behind a saturated target the measured pool's queue is tens of
+        # seconds long, and a count poll waiting in it timed out for the whole of a real
+        # Engram soak (docs/real-engram.md), blinding the leak rule.
+        self._control = pool(CONTROL_CONNECTIONS)
 
     async def __aenter__(self) -> EngramClient:
         return self
@@ -186,6 +200,7 @@ class EngramClient:
 
     async def close(self) -> None:
         await self._pool.close()
+        await self._control.close()
 
     # -- the one place requests are made --------------------------------------
 
@@ -198,19 +213,21 @@ class EngramClient:
         space: str | None = None,
         body: bytes | None = None,
         timeout_s: float | None = None,
+        control: bool = False,
     ) -> asyncio.Future[None]:
         """Send one request (``target``: encoded path and query); ``then`` gets the answer.
 
         Returns at once; see :meth:`soakd.http1.HttpPool.start`. Every failure
-        reaches ``then`` as an outcome.
+        reaches ``then`` as an outcome. ``control``: on the unmeasured calls' own pool.
         """
+        pool = self._control if control else self._pool
         try:
             headers = _space_header(space)
         except ValueError as exc:
-            return self._pool.fail(exc, then)
+            return pool.fail(exc, then)
         if body is not None:
             headers += _JSON
-        return self._pool.start(
+        return pool.start(
             method,
             target,
             then=then,
@@ -228,10 +245,16 @@ class EngramClient:
         body: bytes | None = None,
         timeout_s: float | None = None,
     ) -> Exchange:
-        """:meth:`begin` awaited: the whole answer. Never raises (bar cancellation)."""
+        """An unmeasured call, awaited: the whole answer. Never raises (bar cancellation)."""
         got: list[Exchange] = []
         await self.begin(
-            method, target, then=got.append, space=space, body=body, timeout_s=timeout_s
+            method,
+            target,
+            then=got.append,
+            space=space,
+            body=body,
+            timeout_s=timeout_s,
+            control=True,
         )
         return got[0]
 
@@ -443,8 +466,8 @@ class EngramClient:
         ex = await self.exchange("GET", target, space=space, timeout_s=timeout_s)
         if not self._is_2xx(ex):
             if ex.status != 404:  # 404: no snapshot yet, the normal start
-                route = "GET /api/v1/consolidations"
-                self._note(route, call_problem("GET", route, ex, timeout_s))
+                path = "/api/v1/consolidations"
+                self._note(f"GET {path}", call_problem("GET", path, ex, timeout_s))
             return None, ex.status
         self._note("GET /api/v1/consolidations", None)
         doc = parse_object(ex.body)

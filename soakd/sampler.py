@@ -552,7 +552,9 @@ class Sampler:
         try:
             # Bounded, but not so tightly that a busy loop turns every poll into a timeout.
             # asyncio.timeout, not wait_for: see _tick.
-            async with asyncio.timeout(max(self._memories_s, 5.0)):
+            # Longer than the client's own timeout, so a slow target is reported as the
+            # call's timeout (which names it) rather than cut short here.
+            async with asyncio.timeout(max(self._memories_s, 5.0) + 5.0):
                 self._memories = await fn()
         except Exception as exc:  # a failed poll must not end sampling
             self._memories = None

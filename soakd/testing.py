@@ -6,6 +6,7 @@ Tests never sleep to wait for a state: they poll for it under a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -15,6 +16,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
+
+from soakd.errors import SoakdError
+from soakd.store import RunStore
 
 T = TypeVar("T")
 
@@ -54,6 +58,37 @@ async def async_wait_for(
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"timed out after {timeout_s}s waiting for {what or predicate}")
         await asyncio.sleep(interval_s)
+
+
+async def stops_when_cancelled(task: asyncio.Task[None]) -> bool:
+    """Cancel ``task``; whether it ended cancelled within 100 loop steps. If not, it is
+    cancelled again (it is parked now, so this one lands) and awaited, so no test leaks it."""
+    task.cancel()
+    for _ in range(100):
+        if task.done():
+            break
+        await asyncio.sleep(0)
+    if task.done() and task.cancelled():
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+def store_figure(state: Path, read: Callable[[RunStore], T], default: T) -> T:
+    """``read`` of the run store in ``state`` (read-only), or ``default`` while there is none
+    yet or it cannot be opened (a soakd still creating it, or just killed)."""
+    if not RunStore.exists(state):
+        return default
+    try:
+        store = RunStore.open(state, readonly=True)
+    except SoakdError:
+        return default
+    try:
+        return read(store)
+    finally:
+        store.close()
 
 
 def free_port() -> int:

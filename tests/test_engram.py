@@ -626,3 +626,27 @@ async def test_counts_are_read_while_the_reference_reports_itself_unhealthy() ->
             assert health.status == 503
             assert json.loads(health.body or b"{}")["status"] == "unhealthy"
             assert await client.memory_counts() == {"default": 0, "space_01": 3}
+
+
+async def test_unmeasured_calls_do_not_queue_behind_a_saturated_measured_pool(
+    fake: FakeEngram, workload: Workload
+) -> None:
+    """Seen against the real Engram: with every measured connection busy (the target
+    saturated), the memory-count poll waited in the same queue and timed out for the whole
+    run. Unmeasured calls have their own connections: the poll answers while every measured
+    connection is held."""
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/api/v1/system/health":
+            return web.json_response({"spaces": [{"space": "space_01", "memories": 7}]})
+        await release.wait()  # every store hangs until the test lets go
+        return stored("m")
+
+    fake.handler = handler
+    async with EngramClient(fake.url, clock=SystemClock(), max_connections=2) as client:
+        held = [client.begin_store(workload.store(k), 0, lambda r: None) for k in range(4)]
+        counts = await asyncio.wait_for(client.memory_counts(timeout_s=2.0), 5.0)
+        assert counts == {"space_01": 7}
+        release.set()
+        await asyncio.gather(*held)

@@ -18,7 +18,7 @@ from soakd.integrity import IntegrityChecker
 from soakd.model import Clock, Event, Op, OpResult, Outcome
 from soakd.reference.harness import start_reference_async
 from soakd.spec.model import RecallOptions, SpreadOptions
-from soakd.testing import async_wait_for
+from soakd.testing import async_wait_for, stops_when_cancelled
 from soakd.workload import Workload, space_names
 
 
@@ -358,14 +358,6 @@ async def test_run_stops_when_cancelled_as_a_write_wakes_it() -> None:
         c.on_result(OpResult(Op.STORE, "space_01", 0, 0, 0, Outcome.OK, 201, None, "soak_it_1"))
         for _ in range(steps):
             await asyncio.sleep(0)
-        task.cancel()
-        for _ in range(100):
-            if task.done():
-                break
-            await asyncio.sleep(0)
-        if not (task.done() and task.cancelled()):
+        if not await stops_when_cancelled(task):
             kept_running.append(steps)
-            task.cancel()  # parked on the fake clock now: this one lands
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     assert kept_running == [], f"run() went on after a cancel {kept_running} steps after a write"

@@ -264,3 +264,33 @@ def test_a_count_that_stops_being_read_is_not_a_flat_count() -> None:
     r = evaluate_rule(LEAK, inputs(3600, planned_s=3600, samples=data))[0]
     assert r.detail["judged"] == "follows_data", r.detail
     assert not r.active
+
+
+def _zigzag(e: float) -> float:
+    """±250 MB on alternate samples: a noisy series whose fit has a low R²."""
+    return 250 * MB if int(e) % 2 else -250 * MB
+
+
+def test_a_steep_but_noisy_forecast_holds_a_firing_exhaustion_page() -> None:
+    """Seen against the real Engram: R² wandering around the gate resolved and re-fired
+    memory_exhaustion five times in 30 minutes. Growth of 1 MB/s (20 GB gone in ~5.5 h) that
+    fails the R² gate is no verdict: not active, and not judged, so a firing page holds."""
+    noisy = samples(900, anon=lambda e: 1 * GB + 1 * MB * e + _zigzag(e))
+    r = evaluate_rule(EXHAUSTION, inputs(900, samples=noisy))[0]
+    assert not r.active and not r.judged, r.summary
+    assert "not steadily" in r.summary
+    flat = samples(900, anon=lambda e: 1 * GB + _zigzag(e))
+    r = evaluate_rule(EXHAUSTION, inputs(900, samples=flat))[0]
+    assert not r.active and r.judged, r.summary
+
+
+def test_a_leak_figure_over_its_threshold_that_fails_the_r2_gate_holds_a_firing_page() -> None:
+    """The same for memory_leak: +%/day far over 10 % with R² under the gate holds; a flat
+    series (its figure within the threshold) is a verdict, and resolves."""
+    noisy = samples(3600, anon=lambda e: 1 * GB + 200_000 * e + _zigzag(e), step_s=5)
+    r = evaluate_rule(LEAK, inputs(3600, planned_s=3600, samples=noisy))[0]
+    assert not r.active and not r.judged, r.summary
+    assert "not significant" in r.summary
+    flat = samples(3600, anon=lambda e: 1 * GB + _zigzag(e), step_s=5)
+    r = evaluate_rule(LEAK, inputs(3600, planned_s=3600, samples=flat))[0]
+    assert not r.active and r.judged, r.summary

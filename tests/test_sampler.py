@@ -21,7 +21,7 @@ from soakd.clock import FakeClock, SystemClock
 from soakd.model import Event, Sample
 from soakd.process import ProcessId
 from soakd.sampler import Sampler, dir_size_bytes, read_heap_bytes, read_smaps_anonymous
-from soakd.testing import async_wait_for
+from soakd.testing import async_wait_for, stops_when_cancelled
 
 T = TypeVar("T")
 
@@ -551,14 +551,6 @@ async def test_run_stops_when_cancelled_at_any_point_of_a_tick(
             gate.set_result(None)
             for _ in range(steps):
                 await asyncio.sleep(0)
-        task.cancel()
-        for _ in range(100):
-            if task.done():
-                break
-            await asyncio.sleep(0)
-        if not (task.done() and task.cancelled()):
+        if not await stops_when_cancelled(task):
             kept_running.append(steps)
-            task.cancel()  # parked on the fake clock now: this one lands
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     assert kept_running == [], f"run() went on after a cancel {kept_running} steps after the read"

@@ -156,7 +156,7 @@ def render_single_node(b: Baseline) -> str:
     lines = [
         f"## Single-Node Baselines ({b.date()})",
         "",
-        f"Measured by `soakd baseline` at {b.created_at} against the {b.target} at"
+        f"Measured by `soakd baseline` at {b.created_at} against the target ({b.target}) at"
         f" {b.target_url}; dataset scale {s.scale:g} of the plan's sizes.",
         "",
         *_hardware(b),

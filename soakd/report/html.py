@@ -106,14 +106,14 @@ def memory_chart(m: ReportModel) -> Chart:
     marks, shades = _markers(m)
     series = [
         Series("RSS", [(t, v / _MB) for t, v in m.memory.rss_series], "#1f77b4"),
-        Series("heap (anonymous)", [(t, v / _MB) for t, v in m.memory.heap_series], "#ff7f0e"),
+        Series("anonymous", [(t, v / _MB) for t, v in m.memory.heap_series], "#ff7f0e"),
     ]
     trend = _trend(m)
     if trend is not None:
         series.append(trend)
     return Chart(
         "chart-memory",
-        "Memory: RSS and heap over time, with the fitted RSS trend",
+        "Memory: RSS and its anonymous part over time, with the fitted trend of the judged memory",
         "MB",
         m.started_at,
         m.end,

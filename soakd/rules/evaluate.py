@@ -124,7 +124,20 @@ def _leak(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[RuleResul
     active, why = _leak_verdict(rule, fit, w)
     value = fit.judged_pct_per_day if rule.threshold > 0 else fit.judged_mb_per_h
     judged = fit.judged_pct_per_day is not None and fit.span_s >= w.leak_min_span_s
+    # A figure over the threshold that a gate (R², levelling off, too little growth) keeps
+    # from being called a leak is no verdict either way: a firing page holds until the
+    # figure itself is within the threshold. Against the real Engram, R² wandering around
+    # the gate resolved and re-fired the same leak four times in 30 minutes.
+    if not active and fit.judged != "follows_data" and _over_leak_threshold(rule, fit):
+        judged = False
     return [_result(rule, active, value, why, detail=fit.as_dict(), judged=judged)]
+
+
+def _over_leak_threshold(rule: AlertRuleSpec, fit: LeakFit) -> bool:
+    pct, mb = fit.judged_pct_per_day, fit.judged_mb_per_h
+    over_pct = rule.threshold > 0 and pct is not None and pct > rule.threshold
+    over_abs = rule.abs_mb_per_h is not None and mb is not None and mb > rule.abs_mb_per_h
+    return over_pct or over_abs
 
 
 def _leak_verdict(rule: AlertRuleSpec, fit: LeakFit, w: Windows) -> tuple[bool, str]:
@@ -498,7 +511,11 @@ def _exhaustion(rule: AlertRuleSpec, inputs: RuleInputs, w: Windows) -> list[Rul
     detail = {**f.as_dict(), "horizon_s": horizon}
     if f.seconds_left is None or f.slope_bytes_per_s is None:
         # Too few samples, or available memory unread: no verdict, so a firing page holds.
-        judged = f.slope_bytes_per_s is not None and f.available_bytes is not None
+        # Nor is a fit that would exhaust memory within the horizon but fails a gate (R²,
+        # levelling off): the page resolves when the forecast moves past the horizon.
+        slope, available = f.slope_bytes_per_s, f.available_bytes
+        within = slope is not None and slope > 0 and (available or 0.0) / slope <= horizon
+        judged = slope is not None and available is not None and not within
         return [_result(rule, False, None, f.why_not or "not judged", detail=detail, judged=judged)]
     at = inputs.now + f.seconds_left
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))

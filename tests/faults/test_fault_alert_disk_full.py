@@ -26,10 +26,9 @@ from pathlib import Path
 import pytest
 from webhook_sink import WebhookSink, receivers_yaml
 
-from soakd.errors import SoakdError
 from soakd.model import Op
 from soakd.store import RunStore
-from soakd.testing import free_port, soak_spec, wait_for
+from soakd.testing import free_port, soak_spec, store_figure, wait_for
 
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
 ALERT = "spread_errors"
@@ -64,16 +63,7 @@ def _fill(path: Path) -> None:
 
 
 def _failed_spreads(state: Path) -> int:
-    if not RunStore.exists(state):
-        return 0
-    try:
-        store = RunStore.open(state, readonly=True)
-    except SoakdError:
-        return 0
-    try:
-        return sum(r.count - r.ok for r in store.intervals(Op.SPREAD))
-    finally:
-        store.close()
+    return store_figure(state, lambda s: sum(r.count - r.ok for r in s.intervals(Op.SPREAD)), 0)
 
 
 def _log_events(err: Path, event: str) -> list[dict[str, object]]:

@@ -35,10 +35,9 @@ import pytest
 from webhook_sink import Notification, WebhookSink, receivers_yaml
 
 from soakd.alerting.payloads import rfc3339
-from soakd.errors import SoakdError
 from soakd.model import AlertState
 from soakd.store import RunStore
-from soakd.testing import free_port, soak_spec, wait_for
+from soakd.testing import free_port, soak_spec, store_figure, wait_for
 
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
 SEED = 1818
@@ -48,16 +47,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def _samples(state: Path) -> int:
-    if not RunStore.exists(state):
-        return 0
-    try:
-        store = RunStore.open(state, readonly=True)
-    except SoakdError:
-        return 0
-    try:
-        return store.sample_count()
-    finally:
-        store.close()
+    return store_figure(state, lambda s: s.sample_count(), 0)
 
 
 def _more(state: Path, than: int) -> Callable[[], bool]:

@@ -19,7 +19,7 @@ from soakd.baseline.soakfile import read_p99_file
 from soakd.errors import StartupError
 from soakd.model import Alert, AlertState, AlertTransition, Clock, Op
 from soakd.rules import AlertEngine, RuleInputs, gather_inputs
-from soakd.spec.model import Spec
+from soakd.spec.model import AlertKind, Spec
 from soakd.store import RunStore, write_alerts
 
 log = structlog.get_logger(__name__)
@@ -82,6 +82,7 @@ class Judge:
         flush: Callable[[], Awaitable[bool]],
         integrity: Callable[[], tuple[int, int]],
         on_alerts: Callable[[Sequence[Alert]], None],
+        on_leak_trend: Callable[[float | None, float | None], None] | None = None,
         baseline_p99_ms: dict[Op, float] | None = None,
     ) -> None:
         self._spec = spec
@@ -92,6 +93,11 @@ class Judge:
         self._flush = flush
         self._integrity = integrity
         self._on_alerts = on_alerts
+        self._on_leak_trend = on_leak_trend
+        # The first memory_leak rule's fit is the trend the exporter shows.
+        self._leak_rule = next(
+            (r.name for r in spec.alerts if r.kind is AlertKind.MEMORY_LEAK), None
+        )
         self._baseline_p99_ms = baseline_p99_ms or {}
         self.alerts: list[Alert] = engine.current()
         # Transitions whose commit failed: kept, in order, and committed before any newer one.
@@ -131,11 +137,27 @@ class Judge:
         transitions = await asyncio.to_thread(self._engine.evaluate, inputs)
         self.alerts = self._engine.current()
         self._on_alerts(self.alerts)
+        self._report_leak_trend()
         for t in transitions:
             log.warning("alert", rule=t.rule, state=t.new.value, summary=t.summary)
         self._uncommitted = bounded_uncommitted([*self._uncommitted, *transitions])
         if self._uncommitted:
             await self._commit()
+
+    def _report_leak_trend(self) -> None:
+        if self._on_leak_trend is None or self._leak_rule is None:
+            return
+        result = next((r for r in self._engine.last_results if r.rule == self._leak_rule), None)
+        if result is None:
+            return
+        pct, mb_per_h = (
+            result.detail.get("judged_pct_per_day"),
+            result.detail.get("judged_mb_per_h"),
+        )
+        self._on_leak_trend(
+            pct if isinstance(pct, float) else None,
+            mb_per_h * 1e6 / 3600.0 if isinstance(mb_per_h, float) else None,
+        )
 
     async def _commit(self) -> None:
         """Commit the alert states, their history and their outbox rows in one transaction.

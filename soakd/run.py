@@ -230,6 +230,7 @@ class Run:
             flush=self.flusher.flush,
             integrity=lambda: (self.integrity.lost, self.integrity.corrupted),
             on_alerts=exporter.set_alerts,
+            on_leak_trend=exporter.set_leak_trend,
             baseline_p99_ms=file_baseline_p99(spec),
         )
         self.housekeeping = Housekeeping(

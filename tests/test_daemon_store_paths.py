@@ -185,3 +185,68 @@ async def test_an_evaluation_cancelled_mid_way_still_commits_its_transitions(
     assert [a.state for a in store.alert_states() if a.rule == "crash"] == [AlertState.FIRING]
     dispatcher.close()
     store.close()
+
+
+async def test_the_memory_leak_rules_fit_reaches_the_exporters_growth_gauges(
+    tmp_path: Path,
+) -> None:
+    """Anonymous memory grows 2 MB a minute: the exporter's growth gauges show the rule's fit.
+
+    Before, nothing called ``Exporter.set_leak_trend`` and the Grafana panel stayed empty.
+    """
+    from soakd.clock import FakeClock
+    from soakd.exporter import Exporter
+    from soakd.model import Sample
+
+    spec = load_spec_text(
+        "duration: 20m\nworkload:\n  - {operation: store, rate: 10}\n"
+        'alerts:\n  - memory_leak: "RSS increases >10% per day"\n'
+    )
+    info = _info()
+    store = RunStore.create(tmp_path, info)
+    t0 = info.started_at
+    growth_per_s = 2e6 / 60
+    store.write(
+        Batch(
+            samples=[
+                Sample(
+                    t=t0 + s,
+                    pid=7,
+                    rss_bytes=int(1e8 + growth_per_s * s),
+                    rss_anon_bytes=int(1e8 + growth_per_s * s),
+                    rss_file_bytes=0,
+                )
+                for s in range(0, 1200, 5)
+            ]
+        )
+    )
+    clock = FakeClock(wall_start=t0 + 1200)
+    dispatcher = Dispatcher(
+        [], db_path=store.db_path, base_labels={}, generator_url="", clock=clock
+    )
+    exporter = Exporter(run_id="r1", target=info.target_url, status=dict)
+
+    async def no_flush() -> bool:
+        return True
+
+    engine = AlertEngine(spec.alerts, base_labels={"run_id": "r1"})
+    judge = Judge(
+        spec,
+        store=store,
+        engine=engine,
+        dispatcher=dispatcher,
+        clock=clock,
+        flush=no_flush,
+        integrity=lambda: (0, 0),
+        on_alerts=exporter.set_alerts,
+        on_leak_trend=exporter.set_leak_trend,
+    )
+    await judge.evaluate()
+    fit = next(r for r in engine.last_results if r.rule == "memory_leak").detail
+    ratio = exporter.registry.get_sample_value("soakd_target_memory_growth_ratio_per_day")
+    per_s = exporter.registry.get_sample_value("soakd_target_memory_growth_bytes_per_second")
+    assert isinstance(fit["judged_pct_per_day"], float) and fit["judged_pct_per_day"] > 10
+    assert ratio == fit["judged_pct_per_day"] / 100
+    assert per_s is not None and abs(per_s - growth_per_s) < 0.01 * growth_per_s
+    dispatcher.close()
+    store.close()

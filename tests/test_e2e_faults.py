@@ -25,7 +25,9 @@ from soakd.testing import chromium, free_port, soak_spec, soakd_command
 DURATION = "150s"
 # The module's soaks run side by side in the first test's set-up. Every verdict here
 # (P99 drift, cadence drift, the clean run passing) rests on measured time: `timing`.
-pytestmark = [pytest.mark.timeout(840), pytest.mark.timing]
+# Its soaks are low-rate (the box stays ~90 % idle): it runs beside the memory/overload
+# matrix in make test's third phase (`side_by_side`, docs/testing.md).
+pytestmark = [pytest.mark.timeout(840), pytest.mark.timing, pytest.mark.side_by_side]
 ALERTS = (
     'memory_leak: "RSS increases >10% per day"',
     'performance_degradation: "P99 latency increases >20%"',

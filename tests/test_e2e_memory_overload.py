@@ -35,7 +35,7 @@ import pytest
 from soakd.rules.leak import MEMORY_COST_BYTES
 from soakd.testing import free_port, soak_spec, soakd_command, wait_for
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.timing]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.timing, pytest.mark.side_by_side]
 CHILD_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 LEAK_PHRASE = 'memory_leak: "RSS increases >10% per day"'
 #: knob name -> (soak_spec keyword arguments)

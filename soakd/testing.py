@@ -91,6 +91,22 @@ def store_figure(state: Path, read: Callable[[RunStore], T], default: T) -> T:
         store.close()
 
 
+def finished_report(state: Path, returncode: int | None, stderr: str) -> dict[str, object]:
+    """The report.json a soakd run wrote in ``state``; if there is none, fail saying why.
+
+    A run that ends without a report (refused spec, start-up failure) otherwise
+    shows up as a bare FileNotFoundError with its exit code and stderr lost.
+    """
+    path = state / "report.json"
+    if not path.exists():
+        raise AssertionError(
+            f"no report in {state}: soakd exited {returncode}; stderr (tail):\n{stderr[-3000:]}"
+        )
+    data = json.loads(path.read_text())
+    assert isinstance(data, dict), path
+    return data
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for a child to bind)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

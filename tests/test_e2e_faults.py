@@ -7,7 +7,6 @@ false-positive check). Every run is then judged from its report.json alone.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from soakd.testing import chromium, free_port, soak_spec, soakd_command
+from soakd.testing import chromium, finished_report, free_port, soak_spec, soakd_command
 
 #: Long enough for a latency baseline (60 s after a 15 s warm-up) and a
 #: separate last stretch, and for the leak fit after its warm-up.
@@ -109,7 +108,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Finishe
                 procs[name] = _start(base, name, env)
             for name, (proc, state) in procs.items():
                 _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-                report = json.loads((state / "report.json").read_text())
+                report = finished_report(state, proc.returncode, err)
                 out[name] = Finished(proc.returncode, report, err, str(state / "report.json"))
         finally:
             for proc, _ in procs.values():

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import pytest
 
 from soakd.rules.leak import MEMORY_COST_BYTES
-from soakd.testing import free_port, soak_spec, soakd_command, wait_for
+from soakd.testing import finished_report, free_port, soak_spec, soakd_command, wait_for
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.timing, pytest.mark.side_by_side]
 CHILD_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -121,7 +121,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Finishe
         deadline = time.monotonic() + 500
         for name, (proc, state) in procs.items():
             _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            report = json.loads((state / "report.json").read_text())
+            report = finished_report(state, proc.returncode, err)
             out[name] = Finished(proc.returncode, report, (state / "report.md").read_text(), err)
     finally:
         for proc, _ in procs.values():

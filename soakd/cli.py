@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import importlib.resources
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from soakd.clock import SystemClock
 from soakd.daemon import Daemon, RunOptions
 from soakd.errors import ExitCode, SoakdError, SpecError, UsageError
 from soakd.logs import configure, terminal
+from soakd.ports import free_port
 from soakd.reference.cli import main as reference_main
 from soakd.report import stored_spec, write_reports
 from soakd.spec import load_spec, load_spec_text, parse_duration
@@ -126,7 +126,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _demo_spec(args: argparse.Namespace) -> tuple[Spec, str]:
-    port = _free_port()
+    port = free_port()
     overrides = {
         "duration_s": _duration(args.duration),
         "target_url": f"http://127.0.0.1:{port}",
@@ -136,12 +136,6 @@ def _demo_spec(args: argparse.Namespace) -> tuple[Spec, str]:
         return load_spec(args.spec, **overrides), args.spec.read_text(encoding="utf-8")
     text = importlib.resources.files("soakd.data").joinpath(DEMO_SPEC).read_text(encoding="utf-8")
     return load_spec_text(text, f"<bundled {DEMO_SPEC}>", **overrides), text
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cmd_run(args: argparse.Namespace, demo: bool = False) -> int:

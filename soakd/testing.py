@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -105,13 +104,6 @@ def finished_report(state: Path, returncode: int | None, stderr: str) -> dict[st
     data = json.loads(path.read_text())
     assert isinstance(data, dict), path
     return data
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for a child to bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def soak_spec(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from test_alerting import BASE, Sink, _alert, _dispatcher, _submit
 
 from soakd.alerting import fingerprint
 from soakd.model import AlertState
+from soakd.ports import free_port
 from soakd.spec.model import ReceiverSpec, ReceiverType
 from soakd.testing import async_wait_for
 
@@ -29,12 +29,6 @@ ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 DOWN_S = 15.0
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(hook_url: str) -> str:
@@ -60,7 +54,7 @@ async def alertmanager(tmp_path: Path, sink: Sink) -> AsyncIterator[str]:
     assert shutil.which(ALERTMANAGER), "the Debian package prometheus-alertmanager is needed"
     cfg = tmp_path / "am.yml"
     cfg.write_text(_config(sink.url))
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "am.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         ALERTMANAGER,

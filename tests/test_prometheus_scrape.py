@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import math
 import shutil
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,21 +25,13 @@ from test_grafana import exprs
 
 from soakd.exporter import Exporter
 from soakd.model import Op
-from soakd.testing import async_wait_for
+from soakd.testing import async_wait_for, free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROMETHEUS = "/usr/bin/prometheus"
 
 # One Prometheus for the module: the tests share its event loop, where the exporter serves.
 pytestmark = [pytest.mark.slow, pytest.mark.external, pytest.mark.asyncio(loop_scope="module")]
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (Prometheus has no port-0 report to read back)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -34,7 +34,7 @@ from soakd.process import (
 from soakd.sampler import Sampler
 from soakd.spec.model import RestartPolicy, TargetSpec
 from soakd.target import Target
-from soakd.testing import async_wait_for, wait_for
+from soakd.testing import async_wait_for, free_port, wait_for
 
 #: A tiny HTTP server: argv = [port, pid_file?]. Writes Engram's "PID:PORT" file atomically.
 SERVER = r"""
@@ -58,13 +58,6 @@ srv.serve_forever()
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
 KILL_SLACK_S = 0.5  # scheduling noise on a shared 2-core machine, on top of the 1 s promise
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def alive_probe(port: int) -> Callable[[], Awaitable[bool]]:

@@ -72,6 +72,7 @@ class Api:
             worked = time.perf_counter()
             try:
                 response = await work()
+                self.faults.work(op)
             except Rejection as rej:
                 response = rej.response
             self.faults.slow_down(time.perf_counter() - worked)

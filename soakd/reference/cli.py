@@ -237,6 +237,14 @@ OPTIONS = (
         "1000/MS per s); 'MS' or 'store=MS,recall=MS'",
     ),
     Opt(
+        "--work-ms",
+        "ENGRAM_REF_WORK_MS",
+        _drifts,
+        "0",
+        "CPU each operation's own work costs, busy on the loop (--latency-scale stretches it); "
+        "'MS' or 'recall=MS,spread=MS'",
+    ),
+    Opt(
         "--space-create-time",
         "ENGRAM_REF_SPACE_CREATE_TIME",
         parse_duration_s,
@@ -334,6 +342,7 @@ def _config(v: dict[str, Any], stock: bool) -> ServerConfig:
             error_rate=v["error_rate"].get(op, 0.0),
             error_status=int(v["error_status"].get(op, 500)),
             service_ms=v["service_ms"].get(op, 0.0),
+            work_ms=v["work_ms"].get(op, 0.0),
         )
         for op in OPERATIONS
     }

@@ -78,6 +78,10 @@ class OpFaults:
     # above 1000/service_ms per second requests queue and their latency grows with
     # the queue (the real server at the plan's rates: engram-api.md §7).
     service_ms: float = 0.0
+    # CPU the operation's own work costs (a busy wait on the loop), on top of the
+    # handler's: the real server's latency is mostly its own work (engram-api.md §7),
+    # the bare reference target's mostly HTTP. latency_scale stretches this too.
+    work_ms: float = 0.0
 
 
 @dataclass(frozen=True)

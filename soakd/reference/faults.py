@@ -61,6 +61,12 @@ class Faults:
             return faults.error_status
         return None
 
+    def work(self, op: str) -> None:
+        """Spin for the operation's ``work_ms``: compute the handler would otherwise not do."""
+        ms = self.config.op(op).work_ms
+        if ms > 0:
+            _spin(ms / 1000.0)
+
     def slow_down(self, worked_s: float) -> None:
         """Spin for ``(latency_scale - 1) * worked_s``: the work cost that much more CPU.
 
@@ -68,11 +74,8 @@ class Faults:
         throughput falls with it, as it would for real.
         """
         extra = (self.config.latency_scale - 1.0) * worked_s
-        if extra <= 0:
-            return
-        until = time.perf_counter() + extra
-        while time.perf_counter() < until:
-            pass
+        if extra > 0:
+            _spin(extra)
 
     def leak(self) -> None:
         """Retain ``leak_bytes_per_store`` bytes, written so the pages are resident."""
@@ -120,3 +123,9 @@ class Faults:
         due = loop.time() + max(0.0, after - (time.monotonic() - self._started))
         await sleep_until(due)
         self.crash(f"after {after} s")
+
+
+def _spin(seconds: float) -> None:
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass

@@ -140,3 +140,14 @@ def test_service_time_queues_one_operation_only() -> None:
         assert took[-1] >= 0.9  # ten in a row at 100 ms each
         assert took[0] < took[-1] / 2  # not all equally slow: a queue
         assert recall_s < 0.5
+
+
+
+def test_work_ms_holds_each_operation_and_latency_scale_stretches_it() -> None:
+    """--work-ms recall=50 --latency-scale 1.2: every recall takes >= 60 ms (50 ms of work,
+    stretched by 1.2); stores are not held (the fastest of ten well under 50 ms)."""
+    with reference("--work-ms", "recall=50", "--latency-scale", "1.2") as ref:
+        stores = [store(ref, i) for i in range(10)]
+        recalls = [timed_recall(ref) for _ in range(10)]
+    assert min(recalls) >= 0.06, recalls
+    assert min(stores) < 0.025, stores

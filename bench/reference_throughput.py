@@ -4,8 +4,11 @@ Starts the server on an ephemeral port, pre-fills ``--spaces`` spaces with
 ``--prefill`` memories each, then:
 
 1. max throughput per operation (store, recall, spread, get) with ``--concurrency``
-   requests in flight from one aiohttp client (closed loop: this measures the
-   server, not a schedule);
+   requests in flight from one client (closed loop: this measures the server, not a
+   schedule). ``--client soakd`` (default) sends with soakd's own HTTP/1.1 pool,
+   ``--client aiohttp`` with aiohttp: on two cores aiohttp's client costs more CPU per
+   request than the server does, so the figure would be the client's ceiling, not the
+   server's;
 2. the plan's rates (100 stores/s + 50 recalls/s + 20 spreads/s over 10 spaces)
    for ``--plan-seconds``, open loop, reporting the server's CPU use as a
    fraction of one core and the client-side latency percentiles.
@@ -30,9 +33,46 @@ import numpy as np
 import psutil
 import uvloop
 
+from soakd.clock import SystemClock
+from soakd.http1 import HttpPool
 from soakd.reference.harness import ReferenceProcess, start_reference
 
-Send = Callable[[aiohttp.ClientSession, int], Awaitable[int]]
+
+class Client:
+    """One request, its status back (599: no answer): aiohttp or soakd's HTTP/1.1 pool."""
+
+    def __init__(self, base_url: str, kind: str, concurrency: int) -> None:
+        self.base_url = base_url
+        self.kind = kind
+        self._session: Client | None = None
+        self._pool: HttpPool | None = None
+        if kind == "aiohttp":
+            connector = aiohttp.TCPConnector(limit=concurrency)
+            self._session = aiohttp.ClientSession(connector=connector)
+        else:
+            self._pool = HttpPool(base_url, clock=SystemClock(), max_connections=concurrency)
+
+    async def call(self, method: str, path: str, body: bytes | None = None) -> int:
+        if self._session is not None:
+            hdrs = {"Content-Type": "application/json"} if body is not None else {}
+            async with self._session.request(
+                method, self.base_url + path, data=body, headers=hdrs
+            ) as resp:
+                await resp.read()
+                return resp.status
+        assert self._pool is not None
+        headers = "Content-Type: application/json\r\n" if body is not None else ""
+        ex = await self._pool.request(method, path, headers=headers, body=body, timeout_s=30.0)
+        return ex.status or 599
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+
+Send = Callable[[Client, int], Awaitable[int]]
 
 
 def bodies(rng: np.random.Generator, start: int, count: int, spaces: int) -> list[bytes]:
@@ -52,9 +92,7 @@ def bodies(rng: np.random.Generator, start: int, count: int, spaces: int) -> lis
     return out
 
 
-async def closed_loop(
-    session: aiohttp.ClientSession, send: Send, total: int, concurrency: int
-) -> float:
+async def closed_loop(session: Client, send: Send, total: int, concurrency: int) -> float:
     """Run ``total`` requests with ``concurrency`` in flight; return requests per second."""
     counter = itertools.count()
     errors = 0
@@ -97,39 +135,29 @@ class Bench:
         """Prepare ``count`` more store bodies (untimed)."""
         self.pending = bodies(self.rng, self.stored, count, self.args.spaces)
 
-    async def store(self, session: aiohttp.ClientSession, i: int) -> int:
+    async def store(self, session: Client, i: int) -> int:
         """One store from the prepared bodies."""
         body = self.pending[i % len(self.pending)]
-        url = f"{self.ref.url}/api/v1/memories/remember"
-        hdrs = {"Content-Type": "application/json"}
-        async with session.post(url, data=body, headers=hdrs) as resp:
-            await resp.read()
-            return resp.status
+        return await session.call("POST", "/api/v1/memories/remember", body)
 
-    async def recall(self, session: aiohttp.ClientSession, i: int) -> int:
+    async def recall(self, session: Client, i: int) -> int:
         """One recall by a stored embedding."""
-        async with session.get(self.recall_urls[i % len(self.recall_urls)]) as resp:
-            await resp.read()
-            return resp.status
+        return await session.call("GET", self.recall_urls[i % len(self.recall_urls)])
 
-    async def spread(self, session: aiohttp.ClientSession, i: int) -> int:
+    async def spread(self, session: Client, i: int) -> int:
         """One SPREAD from a stored memory, 5 hops as in the plan."""
         n = (i * 7919) % max(1, self.stored)
         body = {
             "query_text": f"SPREAD FROM m_{n} MAX_HOPS 5",
             "memory_space_id": f"space_{n % self.args.spaces:02d}",
         }
-        async with session.post(f"{self.ref.url}/api/v1/query", json=body) as resp:
-            await resp.read()
-            return resp.status
+        return await session.call("POST", "/api/v1/query", json.dumps(body).encode())
 
-    async def get(self, session: aiohttp.ClientSession, i: int) -> int:
+    async def get(self, session: Client, i: int) -> int:
         """One read-back by id."""
         n = (i * 7919) % max(1, self.stored)
-        url = f"{self.ref.url}/api/v1/memories/m_{n}?space=space_{n % self.args.spaces:02d}"
-        async with session.get(url) as resp:
-            await resp.read()
-            return resp.status
+        path = f"/api/v1/memories/m_{n}?space=space_{n % self.args.spaces:02d}"
+        return await session.call("GET", path)
 
     def make_recall_urls(self, count: int) -> None:
         """Recall URLs for embeddings of the next prepared bodies (stored before use)."""
@@ -139,11 +167,11 @@ class Bench:
             query = urllib.parse.urlencode(
                 {"embedding": json.dumps(body["embedding"]), "space": body["memory_space_id"]}
             )
-            urls.append(f"{self.ref.url}/api/v1/memories/recall?{query}")
+            urls.append(f"/api/v1/memories/recall?{query}")
         self.recall_urls = urls
 
 
-async def prefill(bench: Bench, session: aiohttp.ClientSession) -> None:
+async def prefill(bench: Bench, session: Client) -> None:
     """Store ``spaces * prefill`` memories in batches."""
     target = bench.args.spaces * bench.args.prefill
     batch = 5000
@@ -159,7 +187,7 @@ async def prefill(bench: Bench, session: aiohttp.ClientSession) -> None:
     print(f"  prefill took {time.perf_counter() - started:.1f}s")
 
 
-async def open_loop(bench: Bench, session: aiohttp.ClientSession, seconds: float) -> None:
+async def open_loop(bench: Bench, session: Client, seconds: float) -> None:
     """The plan's mix at fixed rates; prints server CPU share and latency percentiles."""
     rates = {"store": 100.0, "recall": 50.0, "spread": 20.0}
     sends: dict[str, Send] = {"store": bench.store, "recall": bench.recall, "spread": bench.spread}
@@ -201,9 +229,9 @@ async def run(args: argparse.Namespace) -> None:
     )
     try:
         bench = Bench(ref, args)
-        connector = aiohttp.TCPConnector(limit=args.concurrency)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            print(f"server {ref.url} pid {ref.pid}; {args.spaces} spaces")
+        session = Client(ref.url, args.client, args.concurrency)
+        try:
+            print(f"server {ref.url} pid {ref.pid}; {args.spaces} spaces; client {args.client}")
             await prefill(bench, session)
             rss = psutil.Process(ref.pid).memory_info().rss
             print(f"  RSS after prefill: {rss / 2**20:.0f} MiB")
@@ -225,6 +253,8 @@ async def run(args: argparse.Namespace) -> None:
                 f"plan rates for {args.plan_seconds:.0f}s (100 store + 50 recall + 20 spread /s):"
             )
             await open_loop(bench, session, args.plan_seconds)
+        finally:
+            await session.close()
     finally:
         ref.stop()
         if ref.stderr.strip():
@@ -240,6 +270,7 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=3000, help="requests per max-throughput run")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--plan-seconds", type=float, default=20.0)
+    parser.add_argument("--client", choices=("soakd", "aiohttp"), default="soakd")
     uvloop.run(run(parser.parse_args()))
 
 

@@ -142,7 +142,6 @@ def test_service_time_queues_one_operation_only() -> None:
         assert recall_s < 0.5
 
 
-
 def test_work_ms_holds_each_operation_and_latency_scale_stretches_it() -> None:
     """--work-ms recall=50 --latency-scale 1.2: every recall takes >= 60 ms (50 ms of work,
     stretched by 1.2); stores are not held (the fastest of ten well under 50 ms)."""

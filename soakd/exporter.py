@@ -271,7 +271,7 @@ class Exporter:
         self._baseline_p99_s[op.value] = seconds
 
     def set_leak_trend(self, pct_per_day: float | None, bytes_per_s: float | None) -> None:
-        """soakd's own RSS trend estimate; exposed as a ratio (0.10 = 10 %/day) and bytes/s."""
+        """The memory_leak rule's judged trend; exposed as a ratio (0.10 = 10 %/day) and bytes/s."""
         self._leak_ratio_per_day = None if pct_per_day is None else pct_per_day / 100.0
         self._leak_bytes_per_s = bytes_per_s
 
@@ -452,12 +452,12 @@ class Exporter:
         for name, doc, leak in (
             (
                 "soakd_target_memory_growth_ratio_per_day",
-                "soakd's RSS trend estimate as a fraction of RSS per day (0.1 = 10 %/day).",
+                "Target memory trend the memory_leak rule judges, per day (0.1 = 10 %/day).",
                 self._leak_ratio_per_day,
             ),
             (
                 "soakd_target_memory_growth_bytes_per_second",
-                "soakd's RSS trend estimate (slope of the fitted line).",
+                "Target memory trend the memory_leak rule judges (slope, bytes/s).",
                 self._leak_bytes_per_s,
             ),
         ):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from soakd.errors import SoakdError
+from soakd.ports import free_port  # noqa: F401  (re-exported: tests take it from here)
 from soakd.store import RunStore
 
 T = TypeVar("T")

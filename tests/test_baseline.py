@@ -366,6 +366,22 @@ async def test_search_falls_back_when_the_figure_fails_its_second_try() -> None:
     assert (thr.per_s, thr.hi_per_s) == (400, 566)
 
 
+async def test_a_start_rate_that_passes_once_by_luck_steps_down_not_to_zero() -> None:
+    """The start (200/s) passes once, then fails its second try, with nothing tried below
+    it: the search halves to a rate that passes twice (a loaded CI box did this to spread,
+    and the search reported 'no rate' for a target that sustains 150/s)."""
+    seen: dict[float, int] = {}
+
+    async def trial(rate: float) -> Step:
+        seen[rate] = seen.get(rate, 0) + 1
+        ok = rate <= 150 or (rate == 200 and seen[rate] == 1)
+        return Step(rate, 1, 10, 10, 0, 0, rate, 1.0, ok, "ok" if ok else "too fast")
+
+    thr = await search(trial, start_rate=200, max_rate=10_000, resolution=0.5)
+    assert thr.per_s == 141 and thr.hi_per_s == 200, thr  # 100 passed, 141 bisected, confirmed
+    assert seen[141] == 2
+
+
 async def test_search_reports_no_rate_with_the_reason() -> None:
     async def trial(rate: float) -> Step:
         return Step(rate, 1, 10, 0, 10, 0, 0, None, False, "10 failed: http_500 x10")

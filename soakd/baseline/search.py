@@ -8,7 +8,8 @@ nothing was dropped at the in-flight cap, nothing failed, and the P99 (from the
 intended send time) is under the ceiling. Doubling from ``start_rate`` finds a failing rate (or
 ``max_rate``); halving finds a passing one when the start already fails; then
 geometric bisection narrows [pass, fail) until fail / pass < 1 + resolution,
-and the rate found is tried once more (a lucky pass resumes the search below it).
+and the rate found is tried once more (a lucky pass resumes the search below it, halving
+first when nothing below it was tried).
 The figure is the highest rate that passed; the failing one above it is kept as
 the bracket's top, so a comparison knows how far apart two searches may
 honestly be. A closed loop (N requests in flight, as fast as answers come) has
@@ -100,13 +101,19 @@ async def search(
         if rate >= max_rate:
             break
         rate = min(rate * 2.0, max_rate)
-    if lo is None:  # the start already fails: step down
+
+    async def step_down(rate: float) -> tuple[float | None, float]:
+        """Halve from a failing ``rate`` until a step passes: (that rate or None, lowest fail)."""
+        failed = nice_rate(rate)
         for _ in range(MAX_HALVINGS):
             rate /= 2.0
             if await run(rate):
-                lo = nice_rate(rate)
-                break
-            hi = nice_rate(rate)
+                return nice_rate(rate), failed
+            failed = nice_rate(rate)
+        return None, failed
+
+    if lo is None:  # the start already fails: step down
+        lo, hi = await step_down(rate)
         if lo is None:
             return Throughput(0.0, 0.0, hi, tuple(steps), note=f"no rate passed: {steps[-1].why}")
     # A step just under the limit passes or fails by luck (one draw of a noisy
@@ -126,9 +133,15 @@ async def search(
             break
         hi = lo
         lower = [s.rate_per_s for s in steps if s.passed and s.rate_per_s < lo]
-        if not lower:
+        if lower:
+            lo = max(lower)
+            continue
+        # Nothing lower was tried (the start rate passed once, then failed): a noisy
+        # step is no proof the target sustains nothing, so step down as from a failing start.
+        found, hi = await step_down(lo)
+        if found is None:
             return Throughput(
                 0.0, 0.0, hi, tuple(steps), note=f"no rate passed twice: {steps[-1].why}"
             )
-        lo = max(lower)
+        lo = found
     return Throughput(lo, lo, hi, tuple(steps))

@@ -244,6 +244,22 @@ def test_compare_identical_is_clean_and_a_shifted_p99_is_a_regression(
     assert main(["compare", old, new, "--max-regression", "60%"]) == 0
 
 
+def test_compare_notes_baselines_taken_in_different_sittings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Drift between sittings is not in the bounds: compare says how far apart the two were."""
+    doc = _doc(tmp_path)
+    old = _write(tmp_path, "old.json", doc)
+    near = _write(tmp_path, "near.json", {**doc, "created_at": "2026-12-06T01:46:13Z"})
+    far = _write(tmp_path, "far.json", {**doc, "created_at": "2026-12-06T04:36:13Z"})
+    assert main(["compare", old, near]) == 0
+    assert "apart" not in capsys.readouterr().out
+    assert main(["compare", old, far]) == 0  # a note, not a verdict
+    assert "- taken 3.0 h apart (2026-12-06T01:36:13Z vs 2026-12-06T04:36:13Z)" in (
+        capsys.readouterr().out
+    )
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [

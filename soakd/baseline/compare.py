@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 
 from soakd.baseline.model import Baseline, Latency, Throughput, WorkloadKind
 
@@ -152,9 +153,32 @@ def compare(old: Baseline, new: Baseline, threshold: float) -> list[Row]:
     return rows
 
 
+#: Baselines begun further apart than this were taken in different sittings. The bounds are
+#: one run's sampling bounds and cannot see a machine that drifted between the two; on the
+#: VM measured in docs/baseline.md the same target's P99 moved 8 % in 20 minutes.
+SITTING_S = 15 * 60
+
+
+def _began(b: Baseline) -> datetime | None:
+    try:
+        return datetime.fromisoformat(b.created_at)
+    except ValueError:
+        return None
+
+
 def settings_notes(old: Baseline, new: Baseline) -> list[str]:
-    """Settings that differ (figures taken differently compare less well)."""
+    """Settings that differ, and sittings far apart (figures taken differently compare less
+    well)."""
     notes = []
+    began = _began(old), _began(new)
+    if began[0] is not None and began[1] is not None:
+        apart = abs((began[1] - began[0]).total_seconds())
+        if apart > SITTING_S:
+            notes.append(
+                f"taken {apart / 3600:.1f} h apart ({old.created_at} vs {new.created_at}):"
+                " drift of the machine between sittings is not in the bounds; measure both"
+                " builds in one sitting to gate on a small step (docs/baseline.md)"
+            )
     for name in ("latency_share", "p99_ceiling_ms", "resolution", "step_seconds", "seed"):
         a, b = getattr(old.settings, name), getattr(new.settings, name)
         if a != b:

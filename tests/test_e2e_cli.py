@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from soakd.store import RunStore
-from soakd.testing import free_port, soak_spec, soakd_command, wait_for
+from soakd.testing import (
+    finished_report,
+    free_port,
+    soak_spec,
+    soakd_command,
+    store_figure,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -27,12 +34,6 @@ def _run(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[st
         stdin=subprocess.DEVNULL,
         check=False,
     )
-
-
-def _report(state: Path) -> dict[str, object]:
-    data = json.loads((state / "report.json").read_text())
-    assert isinstance(data, dict)
-    return data
 
 
 def _ops(report: dict[str, object]) -> dict[str, dict[str, object]]:
@@ -77,7 +78,7 @@ def test_stock_engram_spread_500_is_counted_and_the_run_completes(tmp_path: Path
     state = tmp_path / "state"
     done = _run("run", str(spec), "--state-dir", str(state))
     assert done.returncode == 1, done.stderr[-2000:]  # completed, and failed criteria
-    report = _report(state)
+    report = finished_report(state, done.returncode, done.stderr)
     assert report["status"] == "completed"
     ops = _ops(report)
     spread = ops["spread"]
@@ -109,7 +110,7 @@ def test_sigterm_stops_cleanly_with_a_stopped_report(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 4, err[-2000:]
-    report = _report(state)
+    report = finished_report(state, proc.returncode, err)
     assert report["status"] == "stopped"
     assert _ops(report)["store"]["count"] > 0
     assert "Traceback" not in err
@@ -137,8 +138,16 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: _sample_count(state) >= 4, timeout_s=60, what="samples flushed")
-        wait_for(lambda: _pending(state), timeout_s=60, what="read-backs pending in the store")
+        wait_for(
+            lambda: store_figure(state, RunStore.sample_count, 0) >= 4,
+            timeout_s=60,
+            what="samples flushed",
+        )
+        wait_for(
+            lambda: store_figure(state, lambda s: bool(s.integrity_pending()), False),
+            timeout_s=60,
+            what="read-backs pending in the store",
+        )
         before = _store_samples(state)
         first.kill()
         first.wait(timeout=30)
@@ -161,7 +170,7 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert counters["integrity_checked"] >= counters["integrity_restored"]
     assert len(gaps) == 1
     assert info.status == "completed"
-    report = _report(state)
+    report = finished_report(state, done.returncode, done.stderr)
     assert report["run_id"] == info.run_id
     events = report["events"]
     assert isinstance(events, list)
@@ -169,32 +178,6 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     # the launched target was adopted, not relaunched: one PID throughout
     pids = {s.pid for s in after if s.pid is not None}
     assert len(pids) == 1
-
-
-def _sample_count(state: Path) -> int:
-    if not RunStore.exists(state):
-        return 0
-    try:
-        store = RunStore.open(state, readonly=True)
-    except Exception:
-        return 0
-    try:
-        return store.sample_count()
-    finally:
-        store.close()
-
-
-def _pending(state: Path) -> bool:
-    if not RunStore.exists(state):
-        return False
-    try:
-        store = RunStore.open(state, readonly=True)
-    except Exception:
-        return False
-    try:
-        return bool(store.integrity_pending())
-    finally:
-        store.close()
 
 
 def _store_samples(state: Path) -> list[object]:

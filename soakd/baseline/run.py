@@ -49,6 +49,7 @@ from soakd.baseline.plan import BaselinePlan, SizePlan
 from soakd.baseline.render import render_distributed, render_single_node
 from soakd.baseline.runner import Driver, Tally
 from soakd.baseline.search import judge, search
+from soakd.baseline.settle import IN_A_ROW, settle
 from soakd.clock import SystemClock
 from soakd.engram import EngramClient
 from soakd.errors import SoakdError, StartupError
@@ -61,8 +62,8 @@ from soakd.workload import Workload as Requests
 JSON_NAME = "baseline.json"
 SINGLE_NAME = "single_node_baselines.md"
 DISTRIBUTED_NAME = "distributed_targets.md"
-#: A pause after each step, so a backlog one step left does not count against the next.
-_SETTLE_S = 0.25
+#: Longest wait for a target to work off a step's backlog (soakd.baseline.settle).
+SETTLE_TIMEOUT_S = 60.0
 
 
 class BaselineError(SoakdError):
@@ -269,8 +270,25 @@ class _Session:
             stretches=stretches,
             grace_s=self.plan.p99_ceiling_ms / 1000.0,
         )
-        await asyncio.sleep(_SETTLE_S)
         return list(tallies.values())
+
+    async def settle(self, driver: Driver, ops: list[str]) -> None:
+        """Wait until the target has worked off this window's backlog, saying so when it took
+        long or never came."""
+        done = await settle(
+            driver.probe,
+            ops,
+            ceiling_s=self.plan.p99_ceiling_ms / 1000.0,
+            timeout_s=SETTLE_TIMEOUT_S,
+        )
+        if not done.settled:
+            last = "no answer" if done.last_s is None else f"{done.last_s * 1000:.0f} ms"
+            self.say(
+                f"  the target was still slow {done.waited_s:.0f} s after the step"
+                f" (last lone request: {last}); measuring on"
+            )
+        elif done.rounds > IN_A_ROW:
+            self.say(f"  the target worked off the step's backlog in {done.waited_s:.1f} s")
 
     async def find(self, label: str, driver: Driver, shares: dict[str, float]) -> Throughput:
         p = self.plan
@@ -288,6 +306,7 @@ class _Session:
             verdict = "pass" if step.passed else f"fail: {step.why}"
             p99 = f"{step.p99_ms:.1f} ms" if step.p99_ms is not None else "-"
             self.say(f"  {label}: {rate:g}/s -> {verdict} (p99 {p99})")
+            await self.settle(driver, list(rates))
             return step
 
         return await search(
@@ -321,6 +340,7 @@ class _Session:
         seconds = window_seconds(slowest, p.latency_min_seconds, p.latency_min_requests)
         async with usage.measuring():
             tallies = await self.window(driver, rates, seconds, STRETCHES)
+        await self.settle(driver, list(rates))
         return {t.op: (t, rates[t.op]) for t in tallies}
 
     async def size(self, size: SizePlan) -> Workload:

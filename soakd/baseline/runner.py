@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -92,6 +93,25 @@ class Driver:
 
             return spread
         raise ValueError(f"unknown operation {op!r}")
+
+    async def probe(self, op: str, timeout_s: float) -> float | None:
+        """One lone request of ``op``: seconds to its answer (any HTTP status), or None when
+        none came within ``timeout_s``. An operation with nothing to send yet answers 0."""
+        results: list[OpResult] = []
+        k = self._next[op]
+        self._next[op] += 1
+        t0 = time.monotonic()
+        fut = self.sender(op)(k, time.monotonic_ns(), results.append)
+        if fut is None:
+            return 0.0
+        try:
+            async with asyncio.timeout(timeout_s):
+                await fut
+        except TimeoutError:
+            return None
+        if not results:  # nothing to send (a SPREAD with no memory to start from)
+            return 0.0
+        return time.monotonic() - t0 if results[0].status is not None else None
 
     async def window(
         self,

@@ -7,6 +7,7 @@ anonymous growth per store, and saturation: each seen through HTTP and
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -140,6 +141,36 @@ def test_service_time_queues_one_operation_only() -> None:
         assert took[-1] >= 0.9  # ten in a row at 100 ms each
         assert took[0] < took[-1] / 2  # not all equally slow: a queue
         assert recall_s < 0.5
+
+
+def _abandon_store(ref: ReferenceProcess, i: int) -> None:
+    """A store whose client gives up after 50 ms (and closes its connection)."""
+    with contextlib.suppress(OSError):  # the timeout (socket.timeout, URLError)
+        http(
+            "POST",
+            f"{ref.url}/api/v1/memories/remember",
+            {"id": f"a{i}", "content": f"c {i}", "embedding": unit_embedding(i)},
+            {"X-Memory-Space": "knobs"},
+            timeout_s=0.05,
+        )
+
+
+@pytest.mark.parametrize(("abandoned", "queued"), [("finish", True), ("drop", False)])
+def test_abandoned_requests_keep_their_place_in_the_queue_with_finish(
+    abandoned: str, queued: bool
+) -> None:
+    """--service-ms store=200: five stores whose clients gave up. With --abandoned finish the
+    next store waits for all five (~1 s, as Engram went on with abandoned stores); with
+    drop (the default) they left the queue and it takes one service time."""
+    with reference("--service-ms", "store=200", "--abandoned", abandoned) as ref:
+        store(ref, 0)
+        with ThreadPoolExecutor(5) as pool:
+            list(pool.map(lambda i: _abandon_store(ref, i), range(1, 6)))
+        took = store(ref, 99)
+    if queued:
+        assert took >= 0.7, took
+    else:
+        assert took < 0.6, took
 
 
 def test_work_ms_holds_each_operation_and_latency_scale_stretches_it() -> None:

@@ -89,14 +89,6 @@ def _drifts(text: str) -> dict[str, float]:
     return out
 
 
-def _abandoned(text: str) -> bool:
-    """``finish`` (True) or ``drop`` (False)."""
-    choice = text.strip().lower()
-    if choice not in ("finish", "drop"):
-        raise ValueError(f"expected 'finish' or 'drop', got {text!r}")
-    return choice == "finish"
-
-
 def _scale(text: str) -> float:
     value = float(text)
     if not 1.0 <= value <= 100.0:
@@ -296,14 +288,6 @@ OPTIONS = (
         "1",
         "FAULT slowness: each measured operation holds the loop F times as long (1.2: 1/5 more)",
     ),
-    Opt(
-        "--abandoned",
-        "ENGRAM_REF_ABANDONED",
-        _abandoned,
-        "drop",
-        "FAULT backlog: 'finish' still serves a --service-ms request whose client went away "
-        "(its place in the queue and its service time stay, as Engram's do); 'drop' forgets it",
-    ),
 )
 STOCK_ENV = "ENGRAM_REF_STOCK"
 
@@ -377,7 +361,6 @@ def _config(v: dict[str, Any], stock: bool) -> ServerConfig:
         file_map_fill_s=v["file_map_fill_time"],
         unhealthy_after_s=v["unhealthy_after"],
         latency_scale=v["latency_scale"],
-        finish_abandoned=v["abandoned"],
     )
     consolidation = ConsolidationConfig(
         interval_s=max(0.01, v["consolidation_interval"]),

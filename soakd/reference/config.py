@@ -109,10 +109,6 @@ class FaultConfig:
     # Every measured operation's own work is stretched to this many times its length by
     # spinning the loop: a uniformly slower build (tests of the baseline regression gate).
     latency_scale: float = 1.0
-    # A --service-ms request whose client went away keeps its place in the queue and its
-    # service time (the real Engram went on with an overloaded step's abandoned stores for
-    # seconds, docs/baseline.md); False: it leaves the queue when its handler is cancelled.
-    finish_abandoned: bool = False
 
     def op(self, name: str) -> OpFaults:
         """Faults of one operation (none if not configured)."""

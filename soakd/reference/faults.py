@@ -40,7 +40,6 @@ class Faults:
         self.leaked_bytes = 0
         self.stalls = 0
         self._workers: dict[str, asyncio.Lock] = {}
-        self._abandoned: set[asyncio.Future[None]] = set()  # kept until served
 
     def uptime_min(self) -> float:
         """Minutes since the server started."""
@@ -55,23 +54,12 @@ class Faults:
         if faults.drift_ms_per_min > 0:
             await asyncio.sleep(faults.drift_ms_per_min * self.uptime_min() / 1000.0)
         if faults.service_ms > 0:
-            serve = self._serve(op, faults.service_ms / 1000.0)
-            if self.config.finish_abandoned:
-                # Shielded: a cancelled handler (its client went away) leaves the job queued.
-                job = asyncio.ensure_future(serve)
-                self._abandoned.add(job)
-                job.add_done_callback(self._abandoned.discard)
-                await asyncio.shield(job)
-            else:
-                await serve
+            worker = self._workers.setdefault(op, asyncio.Lock())
+            async with worker:  # FIFO: the wait is the queue ahead of this request
+                await asyncio.sleep(faults.service_ms / 1000.0)
         if faults.error_rate > 0 and self._rng.random() < faults.error_rate:
             return faults.error_status
         return None
-
-    async def _serve(self, op: str, seconds: float) -> None:
-        worker = self._workers.setdefault(op, asyncio.Lock())
-        async with worker:  # FIFO: the wait is the queue ahead of this request
-            await asyncio.sleep(seconds)
 
     def work(self, op: str) -> None:
         """Spin for the operation's ``work_ms``: compute the handler would otherwise not do."""

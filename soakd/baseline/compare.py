@@ -154,8 +154,8 @@ def compare(old: Baseline, new: Baseline, threshold: float) -> list[Row]:
 
 
 #: Baselines begun further apart than this were taken in different sittings. The bounds are
-#: one run's sampling bounds and cannot see a machine that drifted between the two; on the
-#: VM measured in docs/baseline.md the same target's P99 moved 8 % in 20 minutes.
+#: one run's sampling bounds and cannot see a machine that drifted between the two
+#: (docs/baseline.md, "The gate's hit rate").
 SITTING_S = 15 * 60
 
 

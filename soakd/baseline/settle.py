@@ -2,9 +2,8 @@
 
 A step the target could not keep up with leaves work queued in it. soakd cancels its own
 requests at the drain deadline, but a server need not notice: the real Engram went on with
-an overloaded step's abandoned stores for seconds (a 400/s step that had passed on a fresh
-server failed with a P99 of 3.4 s right after an 800/s one, docs/baseline.md), and its
-next steps, and the next operation's search, were charged for that backlog. So after each
+an overloaded step's abandoned requests, and its next steps, and the next operation's
+search, were charged for that backlog (docs/baseline.md, "The real Engram"). So after each
 window soakd sends lone requests of the window's operations, one at a time, until
 ``in_a_row`` rounds in a row were all answered (any HTTP status: a server that answers 500
 quickly is idle) within the P99 ceiling, or ``timeout_s`` has passed; then the next step is

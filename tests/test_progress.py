@@ -6,9 +6,11 @@ import fcntl
 import io
 import os
 import pty
+import select
 import struct
 import termios
 import threading
+import time
 
 import pytest
 import structlog
@@ -127,6 +129,20 @@ def test_log_lines_from_threads_are_never_cut_by_the_progress_line() -> None:
     assert len(logged) == 600 and all(r.split()[2] == "line" for r in logged)
 
 
+def _read_pty_until(fd: int, tail: str, deadline_s: float = 10.0) -> str:
+    """Read a pty until its text ends with ``tail``: one read may return only part of a write."""
+    out = ""
+    end = time.monotonic() + deadline_s
+    while not out.replace("\r\n", "\n").endswith(tail):
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            out += os.read(fd, 4096).decode()
+    return out
+
+
 def test_the_live_line_is_cut_to_the_terminals_width() -> None:
     """On an 80-column terminal the line stays within one row, so \\r can redraw it."""
     main, sub = pty.openpty()
@@ -136,7 +152,7 @@ def test_the_live_line_is_cut_to_the_terminals_width() -> None:
             line = TerminalLine(tty)
             line.show("x" * 200)
             line.print_line("a log line longer than the terminal is not cut: " + "y" * 100)
-        out = os.read(main, 4096).decode()
+        out = _read_pty_until(main, "\n" + "x" * 79)
     finally:
         os.close(main)
         os.close(sub)

@@ -7,17 +7,19 @@ import json
 import os
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from soakd.baseline.compare import Verdict, judge_p99, judge_throughput, parse_threshold
 from soakd.baseline.measure import STRETCHES, latency_of
 from soakd.baseline.model import Latency, Step, Throughput, from_doc, from_json, to_json
 from soakd.baseline.plan import PlanError, plan_from_doc
 from soakd.baseline.runner import Tally
-from soakd.baseline.search import search
+from soakd.baseline.search import held_throughput, judge, search
 from soakd.baseline.soakfile import read_p99_file
 from soakd.cli import main
 from soakd.errors import SpecError
@@ -268,7 +270,7 @@ def test_compare_notes_baselines_taken_in_different_sittings(
             "workloads[0].ops[1].latency.p99_ms: expected a number, got string 'fast'",
         ),
         (lambda d: d.pop("machine"), "machine: missing"),
-        (lambda d: d.__setitem__("version", 99), "version: this soakd reads version 1, got 99"),
+        (lambda d: d.__setitem__("version", 99), "version: this soakd reads versions 1, 2, got 99"),
         (lambda d: d.__setitem__("schema", "x"), "schema: expected 'soakd-baseline', got 'x'"),
         (
             lambda d: d["workloads"][0].__setitem__("kind", "huge"),
@@ -321,6 +323,52 @@ def test_json_round_trip_is_exact(tmp_path: Path) -> None:
     b = from_json(text)
     assert from_json(to_json(b)) == b
     assert from_doc(json.loads(to_json(b))) == b
+    held = (_step(100, True), _step(50, False, "p99 412.0 ms > ceiling 100 ms"))
+    op = b.workloads[0].ops[0]
+    with_held = replace(op, throughput=replace(op.throughput, held=held))
+    w = replace(b.workloads[0], ops=(with_held, *b.workloads[0].ops[1:]))
+    b2 = replace(b, version=2, workloads=(w, *b.workloads[1:]))
+    assert from_json(to_json(b2)) == b2
+
+
+def test_a_version_1_baseline_reads_with_no_held_runs() -> None:
+    """Committed baselines from before held runs were judged (version 1) still gate."""
+    doc = json.loads((ROOT / "tests/data/baseline_small.json").read_text())
+    assert doc["version"] == 1 and "held" not in json.dumps(doc)
+    b = from_doc(doc)
+    assert all(op.throughput.held == () for w in b.workloads for op in w.ops)
+
+
+def _step(rate: float, passed: bool, why: str = "ok", seconds: float = 20.0) -> Step:
+    return Step(rate, seconds, 10, 10, 0, 0, rate, 1.0, passed, why)
+
+
+def test_a_held_rate_that_fails_caps_the_throughput_found_in_short_steps() -> None:
+    found = Throughput(400, 400, 440, (_step(400, True, seconds=3),))
+    # held at half and it passed: the figure stands, the run is kept
+    same = held_throughput(found, [_step(200, True)], 3)
+    assert (same.per_s, same.hi_per_s, same.note) == (400, 440, "")
+    assert same.held == (_step(200, True),)
+    # 200/s failed when held, 100/s passed: the target sustains [100, 200)
+    why = "achieved 61.0 % of offered (< 99 %)"
+    burst = held_throughput(found, [_step(200, False, why), _step(100, True)], 3)
+    assert (burst.per_s, burst.lo_per_s, burst.hi_per_s) == (100, 100, 200)
+    assert burst.note == (
+        f"held 20 s, 200/s failed ({why}): the 3-s steps' 400/s was a burst rate; 100/s held"
+    )
+    assert burst.steps == found.steps and len(burst.held) == 2
+    # nothing held: no figure, never the burst one
+    runs = [_step(r, False, "p99 900.0 ms > ceiling 100 ms") for r in (200, 100, 50)]
+    none = held_throughput(replace(found, note="left out of the mix: spread"), runs, 3)
+    assert (none.per_s, none.hi_per_s) == (0, 50)
+    assert none.note.startswith("left out of the mix: spread; held 20 s, 50/s failed")
+    assert none.note.endswith("no held rate passed")
+    # --rates-from held a rate above what this build's steps found: the bracket only narrows
+    slow = Throughput(150, 150, 170, ())
+    gate = held_throughput(slow, [_step(200, False, why)], 3)
+    assert (gate.per_s, gate.hi_per_s, gate.note) == (150, 170, "")
+    capped = held_throughput(Throughput(150, 150, None, ()), [_step(200, False, why)], 3)
+    assert (capped.per_s, capped.hi_per_s) == (150, 200)
 
 
 # -- the rules, one by one ------------------------------------------------------------------
@@ -406,6 +454,33 @@ async def test_search_reports_no_rate_with_the_reason() -> None:
     assert thr.per_s == 0 and "http_500" in thr.note
 
 
+def test_the_documented_mixed_form_reads_though_yaml_takes_on_for_true() -> None:
+    """`mixed: {on: large, ...}` as the docs write it: PyYAML (YAML 1.1) reads the key `on`
+    as the boolean true; the plan still reads it as the size the mix runs on."""
+    doc = yaml.safe_load(
+        "baseline:\n"
+        "  sizes: [{name: small, memories: 10, spaces: 1}, {name: big, memories: 20, spaces: 2}]\n"
+        "  mixed: {on: small, shares: {store: 0.7, recall: 0.3}}\n"
+    )
+    assert True in doc["baseline"]["mixed"]  # what the parser hands over
+    mixed = plan_from_doc(doc).mixed
+    assert mixed is not None and mixed.on == "small"
+    assert mixed.shares == (("store", 0.7), ("recall", 0.3))
+
+
+def test_a_mixed_steps_failures_name_their_operations() -> None:
+    store, recall = Tally("store", offered=100, ok=20), Tally("recall", offered=30, ok=10)
+    store.errors["unanswered"] = 80
+    recall.errors["unanswered"] = 20
+    step = judge(130, 1, [store, recall], min_achieved=0.99, p99_ceiling_ms=100)
+    assert step.why == "100 failed: store unanswered x80; recall unanswered x20"
+    alone = judge(100, 1, [store], min_achieved=0.99, p99_ceiling_ms=100)
+    assert alone.why == "80 failed: unanswered x80"
+    short = judge(1, 2000, [Tally("store", offered=2000, ok=1979, ok_in_window=1979)],
+                  min_achieved=0.99, p99_ceiling_ms=100)  # fmt: skip
+    assert short.why == "achieved 98.9 % of offered (< 99 %)"  # 98.95 %, never "99.0"
+
+
 def test_plan_spec_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(PlanError, match=r"baseline.sizes\[0\].memories: expected a number"):
         plan_from_doc({"baseline": {"sizes": [{"name": "a", "memories": "x", "spaces": 1}]}})
@@ -413,6 +488,8 @@ def test_plan_spec_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFix
         plan_from_doc({"baseline": {"stepseconds": 1}})
     with pytest.raises(PlanError, match=r"baseline\.mixed\.shares\.write: not one of"):
         plan_from_doc({"baseline": {"mixed": {"shares": {"write": 1}}}})
+    with pytest.raises(PlanError, match=r"baseline\.mixed: unknown key\(s\) \['size'\]"):
+        plan_from_doc({"baseline": {"mixed": {"size": "large"}}})
     spec = tmp_path / "bad.yaml"
     spec.write_text("baseline:\n  latency_share: 2\n")
     assert main(["baseline", str(spec)]) == 2

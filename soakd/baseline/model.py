@@ -19,7 +19,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 SCHEMA = "soakd-baseline"
-VERSION = 1
+VERSION = 2
+#: Versions this soakd reads (version 1 has no held steps).
+READS = (1, 2)
 
 
 class BaselineFormatError(ValueError):
@@ -74,7 +76,10 @@ class Throughput:
     lo_per_s: float
     hi_per_s: float | None  # None: never failed up to the search's maximum
     steps: tuple[Step, ...]
-    note: str = ""  # why there is no figure, when per_s is 0
+    note: str = ""  # why there is no figure, when per_s is 0; what holding a rate showed
+    # The latency runs, judged as steps: a rate held that long that failed caps the figure
+    # (the short steps found a burst rate), see soakd.baseline.search.held_throughput.
+    held: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -324,6 +329,7 @@ def _throughput(r: _Reader) -> Throughput:
         hi_per_s=r.num("hi_per_s", optional=True),
         steps=tuple(_step(s) for s in r.objs("steps")),
         note=r.str_("note"),
+        held=tuple(_step(s) for s in r.objs("held")) if "held" in r.doc else (),  # version 1: none
     )
 
 
@@ -425,8 +431,9 @@ def from_doc(doc: Any) -> Baseline:
     if schema != SCHEMA:
         raise BaselineFormatError("schema", f"expected {SCHEMA!r}, got {schema!r}")
     version = r.int_("version")
-    if version != VERSION:
-        raise BaselineFormatError("version", f"this soakd reads version {VERSION}, got {version}")
+    if version not in READS:
+        known = ", ".join(str(v) for v in READS)
+        raise BaselineFormatError("version", f"this soakd reads versions {known}, got {version}")
     return Baseline(
         schema=schema,
         version=version,

@@ -169,9 +169,14 @@ def plan_from_doc(doc: Any, base: BaselinePlan | None = None) -> BaselinePlan:
         m = b["mixed"]
         if m is None:
             mixed = None
-        elif not isinstance(m, dict) or set(m) - {"on", "shares"}:
+        elif not isinstance(m, dict):
             raise PlanError("baseline.mixed: expected {on: SIZE, shares: {op: share}} or null")
         else:
+            # YAML 1.1 (PyYAML) reads a bare `on` key as the boolean true.
+            m = {"on" if k is True else k: v for k, v in m.items()}
+            extra = sorted(str(k) for k in set(m) - {"on", "shares"})
+            if extra:
+                raise PlanError(f"baseline.mixed: unknown key(s) {extra}; known: ['on', 'shares']")
             on = m.get("on", sizes[-1].name)
             shares = _shares(m["shares"], "baseline.mixed.shares") if "shares" in m else PLAN_SHARES
             mixed = MixPlan(str(on), shares)

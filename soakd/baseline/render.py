@@ -108,7 +108,9 @@ def _details(b: Baseline) -> list[str]:
         " next request). P99 in brackets: its 95 % confidence bounds (order statistics, no"
         " latency model). Throughput: the highest fixed rate that passed (achieved"
         f" ≥ {b.settings.min_achieved:.0%} of offered, nothing dropped or failed, P99 under"
-        f" {b.settings.p99_ceiling_ms:g} ms) and the lowest that failed.",
+        f" {b.settings.p99_ceiling_ms:g} ms) and the lowest that failed. Each latency run"
+        " is judged as a step too: one that fails shows the steps found a burst rate, is"
+        " tried again at half its rate, and caps the throughput (the notes below say so).",
         "",
         "| workload | operation | P50 ms | P95 ms | P99 ms [95 % bounds] | P99.9 ms | requests"
         " | at rate/s | throughput/s | first failing rate/s | search steps |",
@@ -146,6 +148,13 @@ def _details(b: Baseline) -> list[str]:
         )
     notes = [f"- {w.name}: {w.resources.note}" for w in b.workloads if w.resources.note]
     notes += [f"- {w.name}: {w.total.note}" for w in b.workloads if w.total and w.total.note]
+    notes += [
+        f"- {w.name}/{op.op}: {op.throughput.note}"
+        for w in b.workloads
+        if w.kind is WorkloadKind.SIZE
+        for op in w.ops
+        if any(not s.passed for s in op.throughput.held)
+    ]
     if notes:
         lines += ["", *notes]
     return lines

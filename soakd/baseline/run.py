@@ -3,7 +3,9 @@
 For each size in turn: create its spaces (slow on Engram: ~11 s each, so the
 set-up timeout is generous), load its dataset (resumable), then for each
 operation the throughput search and the latency run at ``latency_share`` of
-what it found. The mix runs last, on the dataset it names, with the
+what it found, judged as a step too (a rate the target takes for a step but
+not for a latency run is a burst rate: the run halves it, see
+soakd.baseline.search.held_throughput). The mix runs last, on the dataset it names, with the
 operations that sustained some rate on their own there (an operation that
 fails at every rate, like SPREAD on stock Engram, would fail every mixed step
 and hide the others: it is left out and the note says so).
@@ -20,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -48,7 +50,7 @@ from soakd.baseline.model import (
 from soakd.baseline.plan import BaselinePlan, SizePlan
 from soakd.baseline.render import render_distributed, render_single_node
 from soakd.baseline.runner import Driver, Tally
-from soakd.baseline.search import judge, search
+from soakd.baseline.search import held_throughput, judge, nice_rate, search
 from soakd.baseline.settle import IN_A_ROW, settle
 from soakd.clock import SystemClock
 from soakd.engram import EngramClient
@@ -64,6 +66,8 @@ SINGLE_NAME = "single_node_baselines.md"
 DISTRIBUTED_NAME = "distributed_targets.md"
 #: Longest wait for a target to work off a step's backlog (soakd.baseline.settle).
 SETTLE_TIMEOUT_S = 60.0
+#: Times a latency run that failed as a step is tried again at half its rate.
+HELD_HALVINGS = 2
 
 
 class BaselineError(SoakdError):
@@ -322,26 +326,62 @@ class _Session:
         return rates if len(rates) == len(ops) else None
 
     async def measure(
-        self,
-        driver: Driver,
-        shares: dict[str, float],
-        total: float,
-        usage: _Usage,
-        workload: str,
-    ) -> dict[str, tuple[Tally, float]]:
+        self, driver: Driver, rates: dict[str, float], usage: _Usage
+    ) -> tuple[dict[str, Tally], Step]:
+        """One latency run at ``rates``, long enough to bound the slowest operation's P99,
+        and its verdict as a search step."""
         p = self.plan
-        rates = self.given_rates(workload, list(shares))
-        if rates is None:
-            rate = total * p.latency_share
-            rates = {op: rate * share for op, share in shares.items()}
-        else:
-            self.say(f"  {workload}: latency at the rates of --rates-from: {rates}")
-        slowest = min(rates.values())
-        seconds = window_seconds(slowest, p.latency_min_seconds, p.latency_min_requests)
+        seconds = window_seconds(min(rates.values()), p.latency_min_seconds, p.latency_min_requests)
         async with usage.measuring():
             tallies = await self.window(driver, rates, seconds, STRETCHES)
         await self.settle(driver, list(rates))
-        return {t.op: (t, rates[t.op]) for t in tallies}
+        step = judge(
+            sum(rates.values()),
+            seconds,
+            tallies,
+            min_achieved=p.min_achieved,
+            p99_ceiling_ms=p.p99_ceiling_ms,
+        )
+        return {t.op: t for t in tallies}, step
+
+    async def hold(
+        self,
+        label: str,
+        driver: Driver,
+        shares: dict[str, float],
+        found: Throughput,
+        usage: _Usage,
+        *,
+        workload: str,
+    ) -> tuple[Throughput, dict[str, tuple[Tally, float]]]:
+        """Latency at ``latency_share`` of ``found`` (or at --rates-from's rates), and
+        ``found`` as that held rate showed it: a run that fails as a step halves its rate,
+        at most HELD_HALVINGS times (never with --rates-from: the gate compares like rates)."""
+        p = self.plan
+        fixed = self.given_rates(workload, list(shares))
+        if fixed is not None:
+            self.say(f"  {workload}: latency at the rates of --rates-from: {fixed}")
+        total = found.per_s * p.latency_share
+        runs: list[Step] = []
+        while True:
+            rates = fixed or {op: total * share for op, share in shares.items()}
+            tallies, step = await self.measure(driver, rates, usage)
+            runs.append(step)
+            if step.passed and len(runs) > 1:
+                self.say(f"  {label}: held {step.seconds:.0f} s at {step.rate_per_s:g}/s -> pass")
+            if step.passed or fixed is not None:
+                break
+            head = f"  {label}: held {step.seconds:.0f} s at {step.rate_per_s:g}/s -> {step.why}"
+            if len(runs) > HELD_HALVINGS:
+                self.say(f"{head}; no held rate passed")
+                break
+            total = nice_rate(total / 2.0)
+            self.say(
+                f"{head}; the {p.step_seconds:g}-s steps' {found.per_s:g}/s was a burst rate:"
+                f" holding {total:g}/s"
+            )
+        thr = held_throughput(found, runs, p.step_seconds)
+        return thr, {op: (t, rates[op]) for op, t in tallies.items()}
 
     async def size(self, size: SizePlan) -> Workload:
         self.say(f"== {size.name}: {size.memories:,} memories in {size.spaces} space(s)")
@@ -349,18 +389,20 @@ class _Session:
         usage = _Usage(self.pid)
         ops: list[OpBaseline] = []
         for op in self.plan.operations:
-            thr = await self.find(f"{size.name}/{op}", driver, {op: 1.0})
-            self.found[(size.name, op)] = thr.per_s
+            label = f"{size.name}/{op}"
+            thr = await self.find(label, driver, {op: 1.0})
             lat = None
             if thr.per_s > 0 or self.given_rates(size.name, [op]):
-                tally, rate = (await self.measure(driver, {op: 1.0}, thr.per_s, usage, size.name))[
-                    op
-                ]
+                thr, measured = await self.hold(
+                    label, driver, {op: 1.0}, thr, usage, workload=size.name
+                )
+                tally, rate = measured[op]
                 lat = latency_of(tally, rate, _seconds(rate, tally))
                 self.say(
                     f"  {size.name}/{op}: {thr.per_s:g}/s; at {rate:g}/s p99 {lat.p99_ms:.2f} ms"
                     f" [{lat.p99_lo_ms:.2f}, {lat.p99_hi_ms:.2f}] over {lat.requests} requests"
                 )
+            self.found[(size.name, op)] = thr.per_s
             ops.append(OpBaseline(op, thr, lat))
         after = (await held(self.client, spaces, self.plan.setup_timeout_s)).total
         return Workload(
@@ -382,14 +424,15 @@ class _Session:
         total_share = sum(shares.values())
         shares = {op: s / total_share for op, s in shares.items()}
         usage = _Usage(self.pid)
-        total = await self.find(f"mixed on {size.name}", driver, shares)
+        label = f"mixed on {size.name}"
+        total = await self.find(label, driver, shares)
         if left_out:
             note = f"left out of the mix (no sustained rate on its own): {', '.join(left_out)}"
-            total = Throughput(total.per_s, total.lo_per_s, total.hi_per_s, total.steps, note)
+            total = replace(total, note=note)
         ops: list[OpBaseline] = []
         measured: dict[str, tuple[Tally, float]] = {}
         if total.per_s > 0 or self.given_rates("mixed", list(shares)):
-            measured = await self.measure(driver, shares, total.per_s, usage, "mixed")
+            total, measured = await self.hold(label, driver, shares, total, usage, workload="mixed")
         for op, share in shares.items():
             thr = Throughput(
                 total.per_s * share,

@@ -19,7 +19,8 @@ no such notion: its rate is whatever the latency allows.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from soakd.baseline.model import Step, Throughput
 from soakd.baseline.runner import Tally
@@ -59,10 +60,14 @@ def judge(
     if dropped:
         why = f"{dropped} arrivals dropped at the in-flight cap (the target fell behind)"
     elif errors:
-        why = f"{errors} failed: " + "; ".join(t.error_text() for t in tallies if t.errors)
+        named = len(tallies) > 1  # a mixed step: say which operation failed how
+        why = f"{errors} failed: " + "; ".join(
+            f"{t.op} {t.error_text()}" if named else t.error_text() for t in tallies if t.errors
+        )
     elif offered == 0 or ok < min_achieved * offered:
-        share = 100.0 * ok / max(offered, 1)
-        why = f"achieved {share:.1f} % of offered (< {100 * min_achieved:.0f} %)"
+        # Rounded down: 98.96 % must not read as the 99 % it fell short of.
+        share = math.floor(1000.0 * ok / max(offered, 1)) / 10.0
+        why = f"achieved {share:.1f} % of offered (< {100 * min_achieved:g} %)"
     elif p99 is not None and p99 > p99_ceiling_ms:
         why = f"p99 {p99:.1f} ms > ceiling {p99_ceiling_ms:g} ms"
     return Step(
@@ -145,3 +150,31 @@ async def search(
             )
         lo = found
     return Throughput(lo, lo, hi, tuple(steps))
+
+
+def held_throughput(found: Throughput, held: Sequence[Step], step_seconds: float) -> Throughput:
+    """``found`` as holding a rate showed it: a latency run judged as a step.
+
+    A search step lasts seconds; a target may take a rate that long and not for
+    longer (a queue that fills, work put off to later), so every latency run is
+    judged as a step too. A held rate that failed proves the target sustains less:
+    it caps the bracket, and when the figure was not below it the figure becomes
+    the highest held rate that passed (0 when none did): the steps found a burst rate.
+    """
+    failed = [s for s in held if not s.passed]
+    if not failed:
+        return replace(found, held=tuple(held))
+    worst = min(failed, key=lambda s: s.rate_per_s)
+    cap = worst.rate_per_s
+    hi = cap if found.hi_per_s is None else min(found.hi_per_s, cap)
+    if found.per_s < cap:
+        return replace(found, hi_per_s=hi, held=tuple(held))
+    passed = [s.rate_per_s for s in held if s.passed and s.rate_per_s < cap]
+    lo = max(passed, default=0.0)
+    said = (
+        f"held {worst.seconds:.0f} s, {cap:g}/s failed ({worst.why}): the"
+        f" {step_seconds:g}-s steps' {found.per_s:g}/s was a burst rate; "
+        + (f"{lo:g}/s held" if lo > 0 else "no held rate passed")
+    )
+    note = f"{found.note}; {said}" if found.note else said
+    return Throughput(lo, lo, hi, found.steps, note, tuple(held))

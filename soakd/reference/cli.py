@@ -245,6 +245,21 @@ OPTIONS = (
         "'MS' or 'recall=MS,spread=MS'",
     ),
     Opt(
+        "--sustain",
+        "ENGRAM_REF_SUSTAIN",
+        _drifts,
+        "0",
+        "FAULT burst: operations per second each kind keeps up with on end, past its --burst "
+        "(requests then wait their turn); 'N' or 'store=N,recall=N' (0: no limit)",
+    ),
+    Opt(
+        "--burst",
+        "ENGRAM_REF_BURST",
+        _drifts,
+        "0",
+        "FAULT burst: operations each kind takes above its --sustain rate before they queue",
+    ),
+    Opt(
         "--space-create-time",
         "ENGRAM_REF_SPACE_CREATE_TIME",
         parse_duration_s,
@@ -343,6 +358,8 @@ def _config(v: dict[str, Any], stock: bool) -> ServerConfig:
             error_status=int(v["error_status"].get(op, 500)),
             service_ms=v["service_ms"].get(op, 0.0),
             work_ms=v["work_ms"].get(op, 0.0),
+            sustain_per_s=v["sustain"].get(op, 0.0),
+            burst=v["burst"].get(op, 0.0),
         )
         for op in OPERATIONS
     }

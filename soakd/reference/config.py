@@ -82,6 +82,12 @@ class OpFaults:
     # handler's: the real server's latency is mostly its own work (engram-api.md §7),
     # the bare reference target's mostly HTTP. latency_scale stretches this too.
     work_ms: float = 0.0
+    # Burst, not sustained: the operation's work keeps up with ``sustain_per_s`` on end and
+    # takes ``burst`` more first (a token bucket); past that each request waits its turn.
+    # A short step passes far above what a longer run holds (the real Engram: its mix took
+    # a rate for 3 s that it could not hold at half for a minute, docs/real-engram.md).
+    sustain_per_s: float = 0.0  # 0: no limit
+    burst: float = 0.0
 
 
 @dataclass(frozen=True)

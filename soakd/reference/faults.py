@@ -8,7 +8,9 @@
 * crash: after N s or N operations the process signals itself (no clean exit);
 * write loss: a fraction of stores are answered 201 but not kept;
 * saturation: each operation of a kind holds that kind's one worker for N ms,
-  so above 1000/N per second requests queue and wait longer the longer the queue.
+  so above 1000/N per second requests queue and wait longer the longer the queue;
+* burst: a kind keeps up with N per second on end after a burst of B more (a
+  token bucket), so a short step passes well above what a longer run holds.
 """
 
 from __future__ import annotations
@@ -28,6 +30,27 @@ from soakd.reference.timing import sleep_until
 log = structlog.get_logger()
 
 
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` (and one) saved up; a request takes one.
+
+    Tokens go negative: the debt is the queue, so each request's wait is the time the
+    refill takes to pay for everyone ahead of it and itself (first come, first served).
+    """
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.cap = max(burst, 1.0)
+        self.tokens = self.cap
+        self.at = now
+
+    def take(self, now: float) -> float:
+        """Take a token at ``now``; the seconds to wait for it."""
+        self.tokens = min(self.cap, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
 class Faults:
     """The fault state of one server process."""
 
@@ -40,6 +63,7 @@ class Faults:
         self.leaked_bytes = 0
         self.stalls = 0
         self._workers: dict[str, asyncio.Lock] = {}
+        self._buckets: dict[str, TokenBucket] = {}
 
     def uptime_min(self) -> float:
         """Minutes since the server started."""
@@ -57,6 +81,13 @@ class Faults:
             worker = self._workers.setdefault(op, asyncio.Lock())
             async with worker:  # FIFO: the wait is the queue ahead of this request
                 await asyncio.sleep(faults.service_ms / 1000.0)
+        if faults.sustain_per_s > 0:
+            bucket = self._buckets.setdefault(
+                op, TokenBucket(faults.sustain_per_s, faults.burst, time.monotonic())
+            )
+            wait = bucket.take(time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
         if faults.error_rate > 0 and self._rng.random() < faults.error_rate:
             return faults.error_status
         return None

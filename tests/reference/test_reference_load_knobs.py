@@ -46,6 +46,14 @@ def timed_recall(ref: ReferenceProcess) -> float:
     return time.perf_counter() - started
 
 
+def stores_at_once(ref: ReferenceProcess, n: int) -> tuple[list[float], float]:
+    """Seconds each of ``n`` stores sent at once took (sorted), and a recall sent with them."""
+    with ThreadPoolExecutor(n + 1) as pool:
+        stores = [pool.submit(store, ref, i) for i in range(1, n + 1)]
+        recall = pool.submit(timed_recall, ref)
+        return sorted(f.result() for f in stores), recall.result()
+
+
 def status_of(pid: int) -> dict[str, int]:
     got = read_status_memory(Path(f"/proc/{pid}/status"))
     assert got is not None
@@ -133,11 +141,7 @@ def test_service_time_queues_one_operation_only() -> None:
     waits ~1 s); a recall meanwhile is not held."""
     with reference("--service-ms", "store=100") as ref:
         store(ref, 0)
-        with ThreadPoolExecutor(11) as pool:
-            stores = [pool.submit(store, ref, i) for i in range(1, 11)]
-            recall = pool.submit(timed_recall, ref)
-            took = sorted(f.result() for f in stores)
-            recall_s = recall.result()
+        took, recall_s = stores_at_once(ref, 10)
         assert took[-1] >= 0.9  # ten in a row at 100 ms each
         assert took[0] < took[-1] / 2  # not all equally slow: a queue
         assert recall_s < 0.5
@@ -175,3 +179,19 @@ def test_work_ms_holds_each_operation_and_latency_scale_stretches_it() -> None:
         recalls = [timed_recall(ref) for _ in range(10)]
     assert min(recalls) >= 0.06, recalls
     assert min(stores) < 0.025, stores
+
+
+@pytest.mark.timing
+def test_sustain_takes_a_burst_then_queues_at_the_sustained_rate() -> None:
+    """--sustain store=10 --burst store=10: of 30 stores sent at once, about ten are served
+    at once (the burst), the rest at 10/s: the last waits ~2 s. A recall meanwhile is not
+    held, and a store after the bucket refilled is prompt again."""
+    with reference("--sustain", "store=10", "--burst", "store=10") as ref:
+        store(ref, 0)
+        took, recall_s = stores_at_once(ref, 30)
+        assert took[-1] >= 1.2, took  # ~20 paid for at 10/s
+        assert took[8] < took[-1] / 3, took  # the burst went through at once: not a queue
+        assert recall_s < 0.5
+        wait_for(
+            lambda: store(ref, 99) < 0.05, timeout_s=10, interval_s=0.5, what="a refilled bucket"
+        )

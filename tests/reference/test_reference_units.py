@@ -12,6 +12,7 @@ from soakd.reference import persist
 from soakd.reference.cli import parse_config
 from soakd.reference.config import parse_duration_s, parse_per_op, parse_signal
 from soakd.reference.consolidation import Snapshot, consolidate
+from soakd.reference.faults import TokenBucket
 from soakd.reference.harness import unit_embedding
 from soakd.reference.metrics import MetricsWindow
 from soakd.reference.space import MemorySpace, StoreResult
@@ -128,6 +129,15 @@ def test_durations_per_op_and_signals() -> None:
     with pytest.raises(ValueError):
         parse_per_op("write=1", float)
     assert parse_signal("SEGV") is signal.SIGSEGV and parse_signal("SIGABRT") is signal.SIGABRT
+
+
+def test_token_bucket_pays_the_burst_then_queues_first_come_first_served() -> None:
+    bucket = TokenBucket(rate=10.0, burst=3.0, now=0.0)
+    assert [bucket.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst
+    assert bucket.take(0.0) == pytest.approx(0.1)  # one in debt: 0.1 s of refill
+    assert bucket.take(0.0) == pytest.approx(0.2)  # behind it
+    assert bucket.take(0.5) == pytest.approx(0.0)  # 5 tokens paid 2 debts and this one
+    assert bucket.take(100.0) == 0.0 and bucket.tokens == pytest.approx(2.0)  # capped at 3
 
 
 def test_flags_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:

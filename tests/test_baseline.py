@@ -120,8 +120,13 @@ def test_scaled_baseline_writes_three_files_in_the_plans_format(tmp_path: Path) 
             assert o.latency is not None and o.latency.p99_bounded
             assert o.latency.requests >= 400
             assert o.latency.p99_lo_ms <= o.latency.p99_ms <= o.latency.p99_hi_ms
+            if w.total is None:  # a size: the operation's own latency run, judged as a step
+                held = o.throughput.held
+                assert held and held[-1].rate_per_s == o.latency.rate_per_s, held
     mixed = b.workload("mixed")
     assert mixed is not None and [s for _, s in mixed.shares] == [0.7, 0.2, 0.1]
+    assert mixed.total is not None and mixed.total.held, mixed.total  # the latency run, judged
+    assert b.version == 2
 
     single = (out / "single_node_baselines.md").read_text()
     ours = {_shape(line) for line in single.splitlines()}

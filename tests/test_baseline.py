@@ -18,6 +18,7 @@ from soakd.baseline.compare import Verdict, judge_p99, judge_throughput, parse_t
 from soakd.baseline.measure import STRETCHES, latency_of
 from soakd.baseline.model import Latency, Step, Throughput, from_doc, from_json, to_json
 from soakd.baseline.plan import PlanError, plan_from_doc
+from soakd.baseline.render import render_single_node
 from soakd.baseline.runner import Tally
 from soakd.baseline.search import held_throughput, judge, search
 from soakd.baseline.soakfile import read_p99_file
@@ -342,6 +343,9 @@ def test_a_version_1_baseline_reads_with_no_held_runs() -> None:
     assert doc["version"] == 1 and "held" not in json.dumps(doc)
     b = from_doc(doc)
     assert all(op.throughput.held == () for w in b.workloads for op in w.ops)
+    # its Markdown does not claim a check that was not made
+    assert "judged as a step too" not in render_single_node(b)
+    assert "judged as a step too" in render_single_node(replace(b, version=2))
 
 
 def _step(rate: float, passed: bool, why: str = "ok", seconds: float = 20.0) -> Step:

@@ -339,7 +339,9 @@ async def test_launch_refuses_a_port_already_served(tmp_path: Path, children: Ch
 
 async def test_missing_executable_is_a_startup_error(tmp_path: Path) -> None:
     """A command that cannot be executed is a StartupError naming it."""
-    spec = TargetSpec(command=(str(tmp_path / "no-such-engram"), "start"))
+    # A free port, not the default 7432: launching onto a busy port is refused first.
+    url = f"http://127.0.0.1:{free_port()}"
+    spec = TargetSpec(url=url, command=(str(tmp_path / "no-such-engram"), "start"))
     target = make_target(spec, tmp_path, Recorder())
     with pytest.raises(StartupError, match="no-such-engram"):
         await target.start()
@@ -351,7 +353,7 @@ async def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path)
         "import signal,sys,time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
         "print('rea' + 'dy', flush=True); time.sleep(60)"
     )
-    spec = TargetSpec(command=("{python}", "-c", script))
+    spec = TargetSpec(url=f"http://127.0.0.1:{free_port()}", command=("{python}", "-c", script))
     target = make_target(spec, tmp_path, Recorder())
     await target.start()
     wait_for(lambda: b"\nready\n" in target.stdout_path.read_bytes(), 10, what="ready")

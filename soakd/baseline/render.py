@@ -99,6 +99,14 @@ def _bracket(w: Workload, op: OpBaseline) -> str:
     return f"{thr.per_s:,.4g} | {hi} | {steps}"
 
 
+#: Baselines from this version on judged each latency run as a held step.
+HELD_SINCE = 2
+HELD_SENTENCE = (
+    " Each latency run is judged as a step too: one that fails shows the steps found a burst"
+    " rate, is tried again at half its rate, and caps the throughput (the notes below say so)."
+)
+
+
 def _details(b: Baseline) -> list[str]:
     lines = [
         "### Details",
@@ -108,9 +116,8 @@ def _details(b: Baseline) -> list[str]:
         " next request). P99 in brackets: its 95 % confidence bounds (order statistics, no"
         " latency model). Throughput: the highest fixed rate that passed (achieved"
         f" ≥ {b.settings.min_achieved:.0%} of offered, nothing dropped or failed, P99 under"
-        f" {b.settings.p99_ceiling_ms:g} ms) and the lowest that failed. Each latency run"
-        " is judged as a step too: one that fails shows the steps found a burst rate, is"
-        " tried again at half its rate, and caps the throughput (the notes below say so).",
+        f" {b.settings.p99_ceiling_ms:g} ms) and the lowest that failed."
+        + (HELD_SENTENCE if b.version >= HELD_SINCE else ""),
         "",
         "| workload | operation | P50 ms | P95 ms | P99 ms [95 % bounds] | P99.9 ms | requests"
         " | at rate/s | throughput/s | first failing rate/s | search steps |",

@@ -363,7 +363,8 @@ def test_a_held_rate_that_fails_caps_the_throughput_found_in_short_steps() -> No
     burst = held_throughput(found, [_step(200, False, why), _step(100, True)], 3)
     assert (burst.per_s, burst.lo_per_s, burst.hi_per_s) == (100, 100, 200)
     assert burst.note == (
-        f"held 20 s, 200/s failed ({why}): the 3-s steps' 400/s was a burst rate; 100/s held"
+        f"held 20 s, 200/s failed ({why}; p99 1.0 ms): the 3-s steps' 400/s was a burst rate;"
+        " 100/s held"
     )
     assert burst.steps == found.steps and len(burst.held) == 2
     # nothing held: no figure, never the burst one

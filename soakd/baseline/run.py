@@ -50,7 +50,7 @@ from soakd.baseline.model import (
 from soakd.baseline.plan import BaselinePlan, SizePlan
 from soakd.baseline.render import render_distributed, render_single_node
 from soakd.baseline.runner import Driver, Tally
-from soakd.baseline.search import held_throughput, judge, nice_rate, search
+from soakd.baseline.search import held_throughput, judge, nice_rate, search, verdict_of
 from soakd.baseline.settle import IN_A_ROW, settle
 from soakd.clock import SystemClock
 from soakd.engram import EngramClient
@@ -371,7 +371,10 @@ class _Session:
                 self.say(f"  {label}: held {step.seconds:.0f} s at {step.rate_per_s:g}/s -> pass")
             if step.passed or fixed is not None:
                 break
-            head = f"  {label}: held {step.seconds:.0f} s at {step.rate_per_s:g}/s -> {step.why}"
+            head = (
+                f"  {label}: held {step.seconds:.0f} s at {step.rate_per_s:g}/s"
+                f" -> {verdict_of(step)}"
+            )
             if len(runs) > HELD_HALVINGS:
                 self.say(f"{head}; no held rate passed")
                 break

@@ -84,6 +84,14 @@ def judge(
     )
 
 
+def verdict_of(step: Step) -> str:
+    """What decided a step, with its P99 when that was not it (a step short of answers may
+    also have been slow)."""
+    if step.p99_ms is None or step.why.startswith("p99 "):
+        return step.why
+    return f"{step.why}; p99 {step.p99_ms:.1f} ms"
+
+
 async def search(
     trial: Trial, *, start_rate: float, max_rate: float, resolution: float
 ) -> Throughput:
@@ -172,7 +180,7 @@ def held_throughput(found: Throughput, held: Sequence[Step], step_seconds: float
     passed = [s.rate_per_s for s in held if s.passed and s.rate_per_s < cap]
     lo = max(passed, default=0.0)
     said = (
-        f"held {worst.seconds:.0f} s, {cap:g}/s failed ({worst.why}): the"
+        f"held {worst.seconds:.0f} s, {cap:g}/s failed ({verdict_of(worst)}): the"
         f" {step_seconds:g}-s steps' {found.per_s:g}/s was a burst rate; "
         + (f"{lo:g}/s held" if lo > 0 else "no held rate passed")
     )

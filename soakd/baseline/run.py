@@ -367,14 +367,12 @@ class _Session:
             rates = fixed or {op: total * share for op, share in shares.items()}
             tallies, step = await self.measure(driver, rates, usage)
             runs.append(step)
+            head = f"  {label}: held {step.seconds:.0f} s at {step.rate_per_s:g}/s -> "
             if step.passed and len(runs) > 1:
-                self.say(f"  {label}: held {step.seconds:.0f} s at {step.rate_per_s:g}/s -> pass")
+                self.say(head + "pass")
             if step.passed or fixed is not None:
                 break
-            head = (
-                f"  {label}: held {step.seconds:.0f} s at {step.rate_per_s:g}/s"
-                f" -> {verdict_of(step)}"
-            )
+            head += verdict_of(step)
             if len(runs) > HELD_HALVINGS:
                 self.say(f"{head}; no held rate passed")
                 break

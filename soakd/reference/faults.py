@@ -82,10 +82,11 @@ class Faults:
             async with worker:  # FIFO: the wait is the queue ahead of this request
                 await asyncio.sleep(faults.service_ms / 1000.0)
         if faults.sustain_per_s > 0:
-            bucket = self._buckets.setdefault(
-                op, TokenBucket(faults.sustain_per_s, faults.burst, time.monotonic())
-            )
-            wait = bucket.take(time.monotonic())
+            now = time.monotonic()
+            bucket = self._buckets.get(op)
+            if bucket is None:  # built once per kind, not on every request
+                bucket = self._buckets[op] = TokenBucket(faults.sustain_per_s, faults.burst, now)
+            wait = bucket.take(now)
             if wait > 0:
                 await asyncio.sleep(wait)
         if faults.error_rate > 0 and self._rng.random() < faults.error_rate:
